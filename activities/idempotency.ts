@@ -1,0 +1,22 @@
+import { createHash } from 'node:crypto';
+import { Context } from '@temporalio/activity';
+
+/** A key stable across retries of the current activity: workflow id + activity id. */
+export function activityKey(): string {
+  const info = Context.current().info;
+  return `${info.workflowExecution?.workflowId ?? 'standalone'}:${info.activityId}`;
+}
+
+/** sha256 hex digest. */
+export function sha256(content: string | Buffer): string {
+  return createHash('sha256').update(content).digest('hex');
+}
+
+/** JSON with sorted keys, so equal values always have equal digests. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)))
+      : v,
+  );
+}

@@ -1,0 +1,21 @@
+import type { ActivityDeps } from './deps';
+import { createModelActivities } from './modelActivity';
+import { createPlannerActivities } from './planner';
+import { createRoleActivities } from './roles';
+import { createStoreActivities } from './store';
+import { createVerifyActivities } from './verify';
+import { createWorkspaceActivities } from './workspace';
+
+export type { ActivityDeps } from './deps';
+
+/** All activities, wired to their dependencies. Workflows import this file for types only. */
+export function createActivities(deps: ActivityDeps) {
+  return {
+    ...createStoreActivities(deps),
+    ...createRoleActivities(deps),
+    ...createPlannerActivities(deps),
+    ...createModelActivities(deps),
+    ...createWorkspaceActivities(deps),
+    ...createVerifyActivities(deps),
+  };
+}

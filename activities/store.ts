@@ -1,0 +1,96 @@
+import type { Pool } from 'pg';
+import type { CompensationOutcome, SubtaskResult, TaskResult } from '../schemas';
+import type { ActivityDeps } from './deps';
+import { activityKey, sha256 } from './idempotency';
+
+/** Stores content once under its sha256 and returns the digest. */
+export async function putBlob(pool: Pool, content: string): Promise<string> {
+  const hash = sha256(content);
+  await pool.query('INSERT INTO blobs (hash, content, size) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING', [
+    hash,
+    content,
+    Buffer.byteLength(content),
+  ]);
+  return hash;
+}
+
+/** Appends an audit event at most once per activity execution (retries reuse the key). */
+export async function audit(pool: Pool, taskId: string, kind: string, data: unknown, key = activityKey()): Promise<void> {
+  await pool.query(
+    'INSERT INTO audit_events (event_key, task_id, kind, data) VALUES ($1, $2, $3, $4) ON CONFLICT (event_key) DO NOTHING',
+    [`${key}:${kind}`, taskId, kind, JSON.stringify(data)],
+  );
+}
+
+/** Bookkeeping activities: every write is keyed so a retried activity never writes twice. */
+export function createStoreActivities({ pool }: ActivityDeps) {
+  return {
+    async recordTaskStarted(input: { taskId: string; workflowId: string; goal: string; tenant: string }): Promise<void> {
+      await pool.query(
+        `INSERT INTO tasks (task_id, workflow_id, goal, tenant, status) VALUES ($1, $2, $3, $4, 'RUNNING')
+         ON CONFLICT (task_id) DO NOTHING`,
+        [input.taskId, input.workflowId, input.goal, input.tenant],
+      );
+      await audit(pool, input.taskId, 'task.started', { goal: input.goal, tenant: input.tenant });
+    },
+
+    async recordToolDenied(input: {
+      taskId: string;
+      subtaskId: string;
+      callKey: string;
+      tool: string;
+      args: Record<string, unknown>;
+      role: string;
+    }): Promise<void> {
+      await pool.query(
+        `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail)
+         VALUES ($1, $2, $3, $4, $5, 'denied', $6) ON CONFLICT (call_key) DO NOTHING`,
+        [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(input.args), `role ${input.role} has no grant for ${input.tool}`],
+      );
+      await audit(pool, input.taskId, 'tool.denied', { subtaskId: input.subtaskId, tool: input.tool, role: input.role });
+    },
+
+    async recordSubtask({ taskId, result }: { taskId: string; result: SubtaskResult }): Promise<void> {
+      await pool.query(
+        `INSERT INTO subtasks (task_id, subtask_id, role, role_version, status, attempts, score, output, evidence_ids, usage, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (task_id, subtask_id) DO UPDATE SET role = EXCLUDED.role, role_version = EXCLUDED.role_version,
+           status = EXCLUDED.status, attempts = EXCLUDED.attempts, score = EXCLUDED.score, output = EXCLUDED.output,
+           evidence_ids = EXCLUDED.evidence_ids, usage = EXCLUDED.usage, error = EXCLUDED.error, updated_at = now()`,
+        [
+          taskId,
+          result.id,
+          result.role,
+          result.roleVersion,
+          result.status,
+          result.attempts,
+          result.score,
+          result.output,
+          result.evidenceIds,
+          JSON.stringify(result.usage),
+          result.error ?? null,
+        ],
+      );
+      await audit(pool, taskId, `subtask.${result.status}`, { subtaskId: result.id, attempts: result.attempts, score: result.score });
+    },
+
+    async recordCompensations({ taskId, outcomes }: { taskId: string; outcomes: CompensationOutcome[] }): Promise<void> {
+      for (const [seq, o] of outcomes.entries()) {
+        await pool.query(
+          `INSERT INTO compensations (task_id, seq, call_key, subtask_id, tool, ok, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (task_id, call_key) DO UPDATE SET seq = EXCLUDED.seq, ok = EXCLUDED.ok, detail = EXCLUDED.detail`,
+          [taskId, seq, o.step.callKey, o.step.subtaskId, o.step.tool, o.ok, o.detail],
+        );
+      }
+      await audit(pool, taskId, 'task.compensated', { steps: outcomes.length, failed: outcomes.filter((o) => !o.ok).length });
+    },
+
+    async recordTaskFinished({ result }: { result: TaskResult }): Promise<void> {
+      await pool.query(
+        `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, updated_at = now() WHERE task_id = $1`,
+        [result.taskId, result.status, JSON.stringify(result), JSON.stringify(result.plan), result.planFallbackReason ?? null],
+      );
+      await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error });
+    },
+  };
+}

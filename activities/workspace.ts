@@ -1,0 +1,168 @@
+import { mkdir, readFile, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import type { z } from 'zod';
+import {
+  TOOL_OUTPUT_HISTORY_LIMIT,
+  WorkspaceListArgs,
+  WorkspaceReadArgs,
+  WorkspaceWriteArgs,
+  type ToolCallContext,
+  type ToolResult,
+  type UndoStep,
+} from '../schemas';
+import type { ActivityDeps } from './deps';
+import { audit, putBlob } from './store';
+import { sha256 } from './idempotency';
+
+/** A path the tools refuse: outside the workspace, through a symlink, or malformed. */
+export class WorkspacePathError extends Error {
+  override readonly name = 'WorkspacePathError';
+}
+
+/** The directory of one task's workspace. */
+export function taskWorkspace(root: string, taskId: string): string {
+  return path.join(root, taskId);
+}
+
+/**
+ * Resolves a model-supplied relative path inside the task workspace, refusing anything that
+ * escapes it, including through symlinks.
+ */
+export async function resolveInWorkspace(workspace: string, rel: string): Promise<string> {
+  if (path.isAbsolute(rel) || rel.split(/[\\/]/).includes('..')) {
+    throw new WorkspacePathError(`path "${rel}" is outside the task workspace`);
+  }
+  await mkdir(workspace, { recursive: true });
+  const root = await realpath(workspace);
+  const target = path.resolve(root, rel);
+  if (target !== root && !target.startsWith(root + path.sep)) throw new WorkspacePathError(`path "${rel}" is outside the task workspace`);
+  // The deepest existing ancestor must still be inside once symlinks are followed.
+  let probe = target;
+  for (;;) {
+    try {
+      const real = await realpath(probe);
+      if (real !== root && !real.startsWith(root + path.sep)) throw new WorkspacePathError(`path "${rel}" leaves the workspace through a symlink`);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      probe = path.dirname(probe);
+    }
+  }
+  return target;
+}
+
+/** The built-in workspace tools and their undo. Tool failures go back to the model as tool errors. */
+export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps) {
+  /** Validates arguments and runs the tool; bad input becomes a tool error, infrastructure errors retry. */
+  async function run<S extends z.ZodType>(
+    ctx: ToolCallContext,
+    tool: string,
+    schema: S,
+    rawArgs: unknown,
+    fn: (args: z.infer<S>, workspace: string) => Promise<ToolResult>,
+  ): Promise<ToolResult> {
+    const parsed = schema.safeParse(rawArgs);
+    let result: ToolResult;
+    if (!parsed.success) {
+      result = { ok: false, content: `invalid arguments for ${tool}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` };
+    } else {
+      try {
+        result = await fn(parsed.data, taskWorkspace(workspaceRoot, ctx.taskId));
+      } catch (err) {
+        if (!(err instanceof WorkspacePathError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        result = { ok: false, content: (err as Error).message };
+      }
+    }
+    await pool.query(
+      `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail, attempts)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+       ON CONFLICT (call_key) DO UPDATE SET attempts = GREATEST(tool_calls.attempts, EXCLUDED.attempts)`,
+      [ctx.callKey, ctx.taskId, ctx.subtaskId, tool, JSON.stringify(redactContent(rawArgs)), result.ok ? 'ok' : 'error', result.content.slice(0, 500), Context.current().info.attempt],
+    );
+    return result;
+  }
+
+  return {
+    async 'workspace.read'(ctx: ToolCallContext, args: unknown): Promise<ToolResult> {
+      return run(ctx, 'workspace.read', WorkspaceReadArgs, args, async ({ path: rel }, ws) => {
+        const content = await readFile(await resolveInWorkspace(ws, rel), 'utf8');
+        if (content.length <= TOOL_OUTPUT_HISTORY_LIMIT) return { ok: true, content };
+        const ref = await putBlob(pool, content);
+        return {
+          ok: true,
+          content: `${content.slice(0, TOOL_OUTPUT_HISTORY_LIMIT)}\n[truncated: ${content.length} characters in all, stored as blob ${ref}]`,
+          contentRef: ref,
+        };
+      });
+    },
+
+    async 'workspace.list'(ctx: ToolCallContext, args: unknown): Promise<ToolResult> {
+      return run(ctx, 'workspace.list', WorkspaceListArgs, args, async ({ path: rel }, ws) => {
+        const dir = await resolveInWorkspace(ws, rel ?? '.');
+        const entries = (await readdir(dir, { recursive: true, withFileTypes: true }))
+          .filter((e) => e.isFile())
+          .map((e) => path.relative(dir, path.join(e.parentPath, e.name)))
+          .sort();
+        return { ok: true, content: entries.length ? entries.slice(0, 500).join('\n') : '(empty)' };
+      });
+    },
+
+    /** Snapshots what was there (once per call key), then writes atomically. */
+    async 'workspace.write'(ctx: ToolCallContext, args: unknown): Promise<ToolResult> {
+      return run(ctx, 'workspace.write', WorkspaceWriteArgs, args, async ({ path: rel, content }, ws) => {
+        const target = await resolveInWorkspace(ws, rel);
+        const previous = await readFile(target, 'utf8').catch((err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return null;
+          throw err;
+        });
+        // ON CONFLICT keeps the first snapshot: a retry after a crash must not snapshot its own write.
+        await pool.query(
+          `INSERT INTO workspace_snapshots (call_key, task_id, path, existed, content) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (call_key) DO NOTHING`,
+          [ctx.callKey, ctx.taskId, rel, previous !== null, previous],
+        );
+        await mkdir(path.dirname(target), { recursive: true });
+        const tmp = `${target}.mare-${sha256(ctx.callKey).slice(0, 12)}.tmp`;
+        await writeFile(tmp, content, 'utf8');
+        await rename(tmp, target);
+        return { ok: true, content: `wrote ${Buffer.byteLength(content)} bytes to ${rel}` };
+      });
+    },
+
+    /** Carries out one undo step; running it twice has the effect of running it once. */
+    async compensate(step: UndoStep): Promise<string> {
+      if (step.tool !== 'workspace.write') throw new Error(`no undo is known for tool ${step.tool}`);
+      const { rows } = await pool.query<{ path: string; existed: boolean; content: string | null }>(
+        'SELECT path, existed, content FROM workspace_snapshots WHERE call_key = $1',
+        [step.callKey],
+      );
+      const snap = rows[0];
+      let detail: string;
+      if (!snap) {
+        detail = 'nothing to undo: the write never ran';
+      } else {
+        const target = await resolveInWorkspace(taskWorkspace(workspaceRoot, step.taskId), snap.path);
+        if (snap.existed) {
+          await writeFile(target, snap.content ?? '', 'utf8');
+          detail = `restored previous content of ${snap.path}`;
+        } else {
+          const existed = await stat(target).then(() => true, () => false);
+          await rm(target, { force: true });
+          detail = existed ? `deleted ${snap.path}, which the write had created` : `${snap.path} already absent`;
+        }
+      }
+      await audit(pool, step.taskId, 'compensation.applied', { callKey: step.callKey, detail });
+      return detail;
+    },
+  };
+}
+
+/** File contents are large and may be sensitive: the tool_calls row keeps their digest only. */
+function redactContent(args: unknown): unknown {
+  if (args && typeof args === 'object' && typeof (args as { content?: unknown }).content === 'string') {
+    const content = (args as { content: string }).content;
+    return { ...args, content: `sha256:${sha256(content)} (${content.length} chars)` };
+  }
+  return args;
+}

@@ -1,0 +1,175 @@
+import { randomUUID } from 'node:crypto';
+import { Client, Connection, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
+import { loadClientConnectConfig } from '@temporalio/envconfig';
+import { z } from 'zod';
+import { TASK_QUEUE, TaskId, TaskRequest, taskWorkflowId, type SubtaskProgress, type TaskProgress, type TaskResult } from '../schemas';
+import { progressQuery, subtaskProgressQuery } from '../workflows/definitions';
+import type { orchestrateTask } from '../workflows';
+
+/** What `submitTask` accepts: a TaskRequest whose taskId (the idempotency key) is optional. */
+export const SubmitTaskInput = TaskRequest.extend({ taskId: TaskId.optional() });
+export type SubmitTaskInput = z.input<typeof SubmitTaskInput>;
+
+/** Bad input from the caller; nothing was started. */
+export class InvalidTaskRequestError extends Error {
+  override readonly name = 'InvalidTaskRequestError';
+  constructor(readonly issues: z.core.$ZodIssue[]) {
+    super(`invalid task request: ${issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+  }
+}
+
+/** No task with that id. */
+export class TaskNotFoundError extends Error {
+  override readonly name = 'TaskNotFoundError';
+  constructor(readonly taskId: string) {
+    super(`no task with id "${taskId}"`);
+  }
+}
+
+export interface TaskView {
+  taskId: string;
+  workflowId: string;
+  /** Temporal's execution status: RUNNING, COMPLETED, FAILED, CANCELLED, TERMINATED, TIMED_OUT… */
+  execution: string;
+  progress?: TaskProgress;
+  result?: TaskResult;
+}
+
+export interface TaskSummary {
+  taskId: string;
+  workflowId: string;
+  execution: string;
+  status?: string;
+  startTime: Date;
+}
+
+/** The typed MARE client: submit, inspect, watch, cancel and list tasks. */
+export class MareClient {
+  constructor(
+    readonly client: Client,
+    readonly taskQueue = TASK_QUEUE,
+  ) {}
+
+  /** Connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key). */
+  static async connect(): Promise<MareClient> {
+    const { connectionOptions, namespace } = loadClientConnectConfig();
+    const connection = await Connection.connect(connectionOptions);
+    return new MareClient(new Client({ connection, namespace }));
+  }
+
+  /** Closes the underlying connection. */
+  async close(): Promise<void> {
+    await this.client.connection.close();
+  }
+
+  /**
+   * Starts a task, or returns the existing one when its taskId was used before: the task id is the
+   * idempotency key and at most one run ever starts for it. Input is validated before anything starts.
+   */
+  async submitTask(input: SubmitTaskInput): Promise<{ taskId: string; workflowId: string }> {
+    const parsed = SubmitTaskInput.safeParse(input);
+    if (!parsed.success) throw new InvalidTaskRequestError(parsed.error.issues);
+    const request: TaskRequest = { ...parsed.data, taskId: parsed.data.taskId ?? randomUUID() };
+    const workflowId = taskWorkflowId(request.taskId);
+    try {
+      await this.client.workflow.start<typeof orchestrateTask>('orchestrateTask', {
+        taskQueue: this.taskQueue,
+        workflowId,
+        args: [request],
+        workflowIdConflictPolicy: 'USE_EXISTING',
+        workflowIdReusePolicy: 'REJECT_DUPLICATE',
+      });
+    } catch (err) {
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+    }
+    return { taskId: request.taskId, workflowId };
+  }
+
+  /** The task's execution status, its live progress while running, and its result once done. */
+  async getTask(taskId: string): Promise<TaskView> {
+    const handle = this.client.workflow.getHandle<typeof orchestrateTask>(taskWorkflowId(checkId(taskId)));
+    let execution: string;
+    try {
+      execution = (await handle.describe()).status.name;
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new TaskNotFoundError(taskId);
+      throw err;
+    }
+    const view: TaskView = { taskId, workflowId: handle.workflowId, execution };
+    if (execution === 'RUNNING') view.progress = await this.progress(taskId);
+    else if (execution === 'COMPLETED') view.result = await handle.result();
+    return view;
+  }
+
+  /** The parent's progress, with live detail from each running subtask's own query. */
+  async progress(taskId: string): Promise<TaskProgress> {
+    const handle = this.client.workflow.getHandle(taskWorkflowId(taskId));
+    const progress = await handle.query(progressQuery);
+    progress.subtasks = await Promise.all(
+      progress.subtasks.map(async (s): Promise<SubtaskProgress> => {
+        if (s.state !== 'running') return s;
+        try {
+          return { ...(await this.client.workflow.getHandle(s.workflowId).query(subtaskProgressQuery)), workflowId: s.workflowId };
+        } catch {
+          return s; // the child may not have started its first task yet
+        }
+      }),
+    );
+    return progress;
+  }
+
+  /** Yields the task's progress whenever it changes, until the task ends; then yields nothing more. */
+  async *watchTask(taskId: string, opts: { intervalMs?: number } = {}): AsyncGenerator<TaskProgress> {
+    const handle = this.client.workflow.getHandle(taskWorkflowId(checkId(taskId)));
+    let last = '';
+    for (;;) {
+      const running = (await handle.describe()).status.name === 'RUNNING';
+      const progress = await this.progress(taskId).catch(() => undefined);
+      const text = JSON.stringify(progress);
+      if (progress && text !== last) {
+        last = text;
+        yield progress;
+      }
+      if (!running) return;
+      await new Promise((r) => setTimeout(r, opts.intervalMs ?? 500));
+    }
+  }
+
+  /** Waits for the task to end and returns its result. */
+  async result(taskId: string): Promise<TaskResult> {
+    return this.client.workflow.getHandle<typeof orchestrateTask>(taskWorkflowId(checkId(taskId))).result();
+  }
+
+  /** Requests cancellation; the task rolls back what it did and ends COMPENSATED. */
+  async cancelTask(taskId: string): Promise<void> {
+    try {
+      await this.client.workflow.getHandle(taskWorkflowId(checkId(taskId))).cancel();
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new TaskNotFoundError(taskId);
+      throw err;
+    }
+  }
+
+  /** Recent tasks, newest first, from Temporal's visibility store. */
+  async listTasks(opts: { limit?: number } = {}): Promise<TaskSummary[]> {
+    const out: TaskSummary[] = [];
+    for await (const wf of this.client.workflow.list({ query: `WorkflowType = 'orchestrateTask'` })) {
+      const status = wf.searchAttributes?.MareStatus;
+      out.push({
+        taskId: wf.workflowId.replace(/^mare-task-/, ''),
+        workflowId: wf.workflowId,
+        execution: wf.status.name,
+        status: Array.isArray(status) ? String(status[0]) : undefined,
+        startTime: wf.startTime,
+      });
+      if (out.length >= (opts.limit ?? 20)) break;
+    }
+    return out;
+  }
+}
+
+function checkId(taskId: string): string {
+  const parsed = TaskId.safeParse(taskId);
+  if (!parsed.success) throw new InvalidTaskRequestError(parsed.error.issues);
+  return parsed.data;
+}

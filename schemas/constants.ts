@@ -1,0 +1,26 @@
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+
+/** The one task queue the orchestration workflows and their activities run on. */
+export const TASK_QUEUE = 'mare-tasks';
+
+/** Verification attempts per subtask: the first run, then one retry with the verifier's feedback. */
+export const MAX_VERIFY_ATTEMPTS = 2;
+
+/** Tool output longer than this is stored in PostgreSQL and only a preview goes into history. */
+export const TOOL_OUTPUT_HISTORY_LIMIT = 4_000;
+
+/** Custom search attributes: registered by `mare dev` and the test server, set by orchestrateTask. */
+export const SEARCH_ATTRIBUTES = {
+  status: defineSearchAttributeKey('MareStatus', SearchAttributeType.KEYWORD),
+  tenant: defineSearchAttributeKey('MareTenant', SearchAttributeType.KEYWORD),
+} as const;
+
+/** Workflow id of a task: derived from the task id, so one id can start at most one run. */
+export function taskWorkflowId(taskId: string): string {
+  return `mare-task-${taskId}`;
+}
+
+/** Workflow id of a subtask's child workflow. */
+export function subtaskWorkflowId(taskId: string, subtaskId: string): string {
+  return `${taskWorkflowId(taskId)}--${subtaskId}`;
+}

@@ -1,0 +1,7 @@
+export * from './criteria';
+export * from './plan';
+export * from './role';
+export * from './tools';
+export * from './model';
+export * from './task';
+export * from './constants';

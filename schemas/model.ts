@@ -1,0 +1,43 @@
+import { z } from 'zod';
+import { ToolCall } from './tools';
+
+/** Why a model is called; the scripted offline model matches its rules on this. */
+export type ModelPurpose = 'plan' | 'act' | 'judge';
+
+/** A provider-neutral chat message, small enough for workflow history. */
+export type ChatMessage =
+  | { role: 'system'; content: string }
+  | { role: 'user'; content: string }
+  | { role: 'assistant'; content: string; toolCalls?: ToolCall[] }
+  | { role: 'tool'; toolCallId: string; toolName: string; content: string; isError: boolean };
+
+export interface ModelCallMeta {
+  taskId: string;
+  subtaskId?: string;
+  role?: string;
+  attempt?: number;
+}
+
+export interface ModelRequest {
+  purpose: ModelPurpose;
+  messages: ChatMessage[];
+  /** Names of tools offered to the model; specs are resolved from the catalog in the activity. */
+  tools: string[];
+  meta: ModelCallMeta;
+}
+
+export const TokenUsage = z.object({ inputTokens: z.number().int().min(0), outputTokens: z.number().int().min(0) });
+export type TokenUsage = z.infer<typeof TokenUsage>;
+
+export const ZERO_USAGE: TokenUsage = { inputTokens: 0, outputTokens: 0 };
+
+/** Adds token usage. */
+export function addUsage(a: TokenUsage, b: TokenUsage): TokenUsage {
+  return { inputTokens: a.inputTokens + b.inputTokens, outputTokens: a.outputTokens + b.outputTokens };
+}
+
+export type ModelResponse = {
+  model: string;
+  offline: boolean;
+  usage: TokenUsage;
+} & ({ kind: 'final'; text: string } | { kind: 'tool_calls'; text: string; calls: ToolCall[] });

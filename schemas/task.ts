@@ -1,0 +1,90 @@
+import { z } from 'zod';
+import type { Plan, Subtask } from './plan';
+import { DEFAULT_MAX_SUBTASKS } from './plan';
+import type { TokenUsage } from './model';
+import type { CompensationOutcome, UndoStep } from './tools';
+
+/** Task ids double as idempotency keys: the same id never starts a second run. */
+export const TaskId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'task ids are 1-128 chars of letters, digits, ".", "_" or "-"');
+
+/** What an application submits. Validated before anything starts. */
+export const TaskRequest = z.strictObject({
+  taskId: TaskId,
+  goal: z.string().trim().min(1, 'goal must not be empty').max(20_000),
+  tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/).default('default'),
+  concurrency: z.number().int().min(1).max(32).default(4),
+  maxSubtasks: z.number().int().min(1).max(50).default(DEFAULT_MAX_SUBTASKS),
+});
+export type TaskRequest = z.infer<typeof TaskRequest>;
+/** The request before defaults are applied, as a client writes it. */
+export type TaskRequestInput = z.input<typeof TaskRequest>;
+
+export type TaskStatus = 'RUNNING' | 'COMPLETED' | 'FAILED' | 'COMPENSATED';
+export type SubtaskState = 'pending' | 'running' | 'verifying' | 'completed' | 'failed' | 'cancelled' | 'skipped';
+
+/** The output of a finished dependency, handed to its dependents. */
+export interface DependencyOutput {
+  id: string;
+  title: string;
+  output: string;
+}
+
+/** Input of the `executeSubtask` child workflow: one embodiment of one role. */
+export interface SubtaskInput {
+  taskId: string;
+  goal: string;
+  subtask: Subtask;
+  dependencies: DependencyOutput[];
+}
+
+export interface SubtaskResult {
+  id: string;
+  role: string;
+  roleVersion: string;
+  roleFallbackReason?: string;
+  status: 'completed' | 'failed' | 'cancelled';
+  output: string;
+  attempts: number;
+  score: number;
+  evidenceIds: string[];
+  usage: TokenUsage;
+  /** Undo steps registered by this subtask, oldest first. */
+  undo: UndoStep[];
+  deniedToolCalls: number;
+  error?: string;
+}
+
+export interface SubtaskProgress {
+  id: string;
+  title: string;
+  role: string;
+  state: SubtaskState;
+  attempts: number;
+  latestStep: string;
+  workflowId: string;
+}
+
+/** The `progress` query of a task. */
+export interface TaskProgress {
+  taskId: string;
+  status: TaskStatus;
+  phase: 'planning' | 'executing' | 'verifying' | 'compensating' | 'done';
+  plan?: Plan;
+  planFallbackReason?: string;
+  subtasks: SubtaskProgress[];
+}
+
+/** The final result of `orchestrateTask`. */
+export interface TaskResult {
+  taskId: string;
+  status: Exclude<TaskStatus, 'RUNNING'>;
+  cancelled: boolean;
+  plan: Plan;
+  planFallbackReason?: string;
+  subtasks: SubtaskResult[];
+  usage: TokenUsage;
+  compensations: CompensationOutcome[];
+  error?: string;
+}

@@ -1,0 +1,115 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { Worker } from '@temporalio/worker';
+import type { temporal } from '@temporalio/proto';
+import { Client as PgClient, Pool } from 'pg';
+import pino from 'pino';
+import { createModelClient } from '../activities/model';
+import type { ModelScript } from '../activities/scriptedModel';
+import { MareClient } from '../client/client';
+import { migrate } from '../db/migrate';
+import { SEARCH_ATTRIBUTES, TASK_QUEUE } from '../schemas';
+import { resolveTemporalCli } from '../scripts/stack/temporal';
+import { createMareWorker } from '../workers/worker';
+import { BUNDLE_PATH } from './paths';
+
+/** The PostgreSQL server tests use: DATABASE_URL, or the local server these machines run. */
+export const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+export type ScriptInput = Omit<Partial<ModelScript>, 'rules'> & { rules: unknown[] };
+
+/** One test file's world: a real Temporal dev server, a fresh migrated database, a workspace root. */
+export interface TestStack {
+  env: TestWorkflowEnvironment;
+  client: MareClient;
+  pool: Pool;
+  databaseUrl: string;
+  workspaceRoot: string;
+  dir: string;
+  /** Starts an in-process worker whose offline model follows `script`; stops it after `fn`. */
+  withWorker<T>(script: ScriptInput, fn: (worker: Worker) => Promise<T>): Promise<T>;
+  /** Writes a model script to a file and returns its path. */
+  writeScript(script: ScriptInput): string;
+  teardown(): Promise<void>;
+}
+
+/** Starts the real Temporal dev server (the resolved CLI binary) and creates a migrated database. */
+export async function createTestStack(): Promise<TestStack> {
+  const cli = await resolveTemporalCli();
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: { executable: { type: 'existing-path', path: cli }, searchAttributes: Object.values(SEARCH_ATTRIBUTES) },
+  });
+  const dbName = `mare_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
+  const admin = new PgClient({ connectionString: ADMIN_DATABASE_URL });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${dbName}`);
+  await admin.end();
+  const url = new URL(ADMIN_DATABASE_URL);
+  url.pathname = `/${dbName}`;
+  const databaseUrl = url.toString();
+  await migrate(databaseUrl);
+  const pool = new Pool({ connectionString: databaseUrl, max: 10 });
+  const dir = mkdtempSync(path.join(tmpdir(), 'mare-test-'));
+  const workspaceRoot = path.join(dir, 'workspaces');
+  const bundle = { code: readFileSync(BUNDLE_PATH, 'utf8') };
+  const logger = pino({ level: process.env.MARE_TEST_LOG_LEVEL ?? 'silent' });
+  let scripts = 0;
+
+  const writeScript = (script: ScriptInput): string => {
+    const file = path.join(dir, `script-${++scripts}.json`);
+    writeFileSync(file, JSON.stringify(script));
+    return file;
+  };
+
+  return {
+    env,
+    client: new MareClient(env.client, TASK_QUEUE),
+    pool,
+    databaseUrl,
+    workspaceRoot,
+    dir,
+    writeScript,
+    async withWorker(script, fn) {
+      const model = createModelClient({ provider: 'scripted', modelId: writeScript(script) });
+      const worker = await createMareWorker({
+        connection: env.nativeConnection,
+        workflowBundle: bundle,
+        deps: { pool, model, workspaceRoot, logger },
+        shutdownGraceTime: '1 second',
+      });
+      return worker.runUntil(fn(worker));
+    },
+    async teardown() {
+      await pool.end();
+      await env.teardown();
+      rmSync(dir, { recursive: true, force: true });
+      const cleanup = new PgClient({ connectionString: ADMIN_DATABASE_URL });
+      await cleanup.connect();
+      await cleanup.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+      await cleanup.end();
+    },
+  };
+}
+
+/** The event history of a workflow, for assertions on what actually became an activity. */
+export async function historyOf(stack: TestStack, workflowId: string): Promise<temporal.api.history.v1.IHistoryEvent[]> {
+  const history = await stack.env.client.workflow.getHandle(workflowId).fetchHistory();
+  return history.events ?? [];
+}
+
+/** Activity types scheduled in a history, in order. */
+export function scheduledActivities(events: temporal.api.history.v1.IHistoryEvent[]): string[] {
+  return events.flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
+}
+
+/** A plan reply for the scripted planner. */
+export function planReply(subtasks: unknown[]): { match: { purpose: 'plan' }; reply: { text: string } } {
+  return { match: { purpose: 'plan' }, reply: { text: JSON.stringify({ subtasks }) } };
+}
+
+/** A tool-call reply for the scripted model. */
+export function toolCall(name: string, args: Record<string, unknown>): { toolCalls: { name: string; args: Record<string, unknown> }[] } {
+  return { toolCalls: [{ name, args }] };
+}

@@ -1,0 +1,229 @@
+import { readFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+import { InvalidTaskRequestError } from '../client/client';
+import { taskWorkflowId } from '../schemas';
+import { createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
+
+const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
+
+let stack: TestStack;
+beforeAll(async () => {
+  stack = await createTestStack();
+});
+afterAll(async () => {
+  await stack?.teardown();
+});
+
+const ws = (taskId: string, rel: string): string => path.join(stack.workspaceRoot, taskId, rel);
+
+test('happy path: the demo task is decomposed, executed by two roles with tools, verified and COMPLETED', async () => {
+  const result = await stack.withWorker({ ...demoScript, delayMs: 0 }, async () => {
+    const { taskId } = await stack.client.submitTask({ taskId: 'happy', goal: 'Write a short guide to durable execution' });
+    return stack.client.result(taskId);
+  });
+  expect(result.status).toBe('COMPLETED');
+  expect(result.planFallbackReason).toBeUndefined();
+  expect(result.subtasks.map((s) => [s.id, s.role, s.status])).toEqual([
+    ['outline', 'writer', 'completed'],
+    ['draft', 'writer', 'completed'],
+    ['review', 'reviewer', 'completed'],
+  ]);
+  expect(result.usage.inputTokens).toBeGreaterThan(0);
+  expect(readFileSync(ws('happy', 'guide/guide.md'), 'utf8')).toContain('Durable execution');
+  expect(result.subtasks.find((s) => s.id === 'review')?.output).toContain('Findings');
+
+  const { rows: tasks } = await stack.pool.query('SELECT status FROM tasks WHERE task_id = $1', ['happy']);
+  expect(tasks).toEqual([{ status: 'COMPLETED' }]);
+  const { rows: evidence } = await stack.pool.query('SELECT subtask_id, passed FROM evidence WHERE task_id = $1 ORDER BY subtask_id', ['happy']);
+  expect(evidence).toEqual([
+    { subtask_id: 'draft', passed: true },
+    { subtask_id: 'outline', passed: true },
+    { subtask_id: 'review', passed: true },
+  ]);
+  const { rows: calls } = await stack.pool.query(`SELECT tool, status FROM tool_calls WHERE task_id = $1 ORDER BY created_at`, ['happy']);
+  expect(calls.map((c) => `${c.tool}:${c.status}`)).toEqual(['workspace.write:ok', 'workspace.read:ok', 'workspace.write:ok', 'workspace.read:ok']);
+  // the draft received the outline's output as a dependency and ran as its own child workflow
+  const child = scheduledActivities(await historyOf(stack, `${taskWorkflowId('happy')}--draft`));
+  expect(child).toEqual(['loadRole', 'callModel', 'workspace.read', 'callModel', 'workspace.write', 'callModel', 'verify', 'recordSubtask']);
+});
+
+test('the same task id starts at most one run', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([{ id: 'only', title: 'Say hi', instructions: 'Say hi', role: 'generalist' }]),
+      { match: { purpose: 'act' }, reply: { text: 'hi' } },
+    ],
+  };
+  await stack.withWorker(script, async () => {
+    const a = await stack.client.submitTask({ taskId: 'idem', goal: 'say hi' });
+    const b = await stack.client.submitTask({ taskId: 'idem', goal: 'say hi' });
+    expect(b.workflowId).toBe(a.workflowId);
+    await stack.client.result('idem');
+    const c = await stack.client.submitTask({ taskId: 'idem', goal: 'say hi' });
+    expect(c.workflowId).toBe(a.workflowId);
+  });
+  const runs = [];
+  for await (const wf of stack.env.client.workflow.list({ query: `WorkflowId = '${taskWorkflowId('idem')}'` })) runs.push(wf.runId);
+  expect(runs).toHaveLength(1);
+});
+
+test.each([
+  ['invalid JSON', 'here is my plan: subtasks are outline, draft', 'not valid JSON'],
+  ['a cycle', JSON.stringify({ subtasks: [
+    { id: 'a', title: 'A', instructions: 'a', role: 'writer', dependsOn: ['b'] },
+    { id: 'b', title: 'B', instructions: 'b', role: 'writer', dependsOn: ['a'] },
+  ] }), 'cycle: a -> b -> a'],
+  ['an unknown dependency', JSON.stringify({ subtasks: [{ id: 'a', title: 'A', instructions: 'a', role: 'writer', dependsOn: ['zz'] }] }), 'unknown subtask "zz"'],
+])('a plan with %s falls back to one atomic subtask and records why', async (_name, planText, reason) => {
+  const taskId = `fallback-${_name.replace(/\W+/g, '-')}`;
+  const result = await stack.withWorker(
+    { rules: [{ match: { purpose: 'plan' }, reply: { text: planText } }, { match: { purpose: 'act' }, reply: { text: 'did it all' } }] },
+    async () => {
+      await stack.client.submitTask({ taskId, goal: 'do everything at once' });
+      return stack.client.result(taskId);
+    },
+  );
+  expect(result.status).toBe('COMPLETED');
+  expect(result.plan.subtasks).toHaveLength(1);
+  expect(result.plan.subtasks[0]).toMatchObject({ id: 'task', role: 'generalist', instructions: 'do everything at once' });
+  expect(result.planFallbackReason).toContain(reason);
+  const { rows } = await stack.pool.query('SELECT plan_fallback_reason FROM tasks WHERE task_id = $1', [taskId]);
+  expect(rows[0].plan_fallback_reason).toContain(reason);
+});
+
+test('a tool the role does not permit never becomes an activity; the model gets a tool error', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([{ id: 'rev', title: 'Review', instructions: 'Review and fix the doc', role: 'reviewer' }]),
+      { match: { purpose: 'act', turn: 0 }, reply: toolCall('workspace.write', { path: 'doc.md', content: 'sneaky edit' }) },
+      { match: { purpose: 'act' }, reply: { text: 'I was not allowed to edit; findings only.' } },
+    ],
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'denied', goal: 'review the doc' });
+    return stack.client.result('denied');
+  });
+  expect(result.status).toBe('COMPLETED');
+  expect(result.subtasks[0]?.deniedToolCalls).toBe(1);
+  const events = await historyOf(stack, `${taskWorkflowId('denied')}--rev`);
+  expect(scheduledActivities(events)).not.toContain('workspace.write');
+  expect(scheduledActivities(events)).toContain('recordToolDenied');
+  // the second model call saw the denial as a tool error
+  const modelInputs = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'callModel');
+  expect(JSON.stringify(modelInputs[1]?.activityTaskScheduledEventAttributes?.input)).toBeTruthy();
+  expect(existsSync(ws('denied', 'doc.md'))).toBe(false);
+  const { rows } = await stack.pool.query(`SELECT tool, status FROM tool_calls WHERE task_id = 'denied'`);
+  expect(rows).toEqual([{ tool: 'workspace.write', status: 'denied' }]);
+});
+
+test('verification fails once, the subtask retries with the feedback, then passes', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([{ id: 'note', title: 'Write note', instructions: 'Write note.md saying DONE', role: 'writer', acceptanceCriteria: [{ kind: 'file_contains', path: 'note.md', text: 'DONE' }] }]),
+      { match: { purpose: 'act', attempt: 1, turn: 0 }, reply: toolCall('workspace.write', { path: 'note.md', content: 'not yet' }) },
+      { match: { purpose: 'act', attempt: 2, turn: 0 }, reply: toolCall('workspace.write', { path: 'note.md', content: 'DONE' }) },
+      { match: { purpose: 'act' }, reply: { text: 'written' } },
+    ],
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'retry-once', goal: 'write the note' });
+    return stack.client.result('retry-once');
+  });
+  expect(result.status).toBe('COMPLETED');
+  expect(result.subtasks[0]).toMatchObject({ attempts: 2, status: 'completed' });
+  expect(result.subtasks[0]?.evidenceIds).toHaveLength(2);
+  expect(readFileSync(ws('retry-once', 'note.md'), 'utf8')).toBe('DONE');
+  const { rows } = await stack.pool.query(`SELECT attempt, passed FROM evidence WHERE task_id = 'retry-once' ORDER BY attempt`);
+  expect(rows).toEqual([{ attempt: 1, passed: false }, { attempt: 2, passed: true }]);
+  // the second attempt's prompt carried the verifier's feedback
+  const events = await historyOf(stack, `${taskWorkflowId('retry-once')}--note`);
+  const inputs = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'callModel').map((e) => Buffer.from(e.activityTaskScheduledEventAttributes?.input?.payloads?.[0]?.data ?? []).toString());
+  expect(inputs[0]).not.toContain('Feedback on your previous attempt');
+  expect(inputs[2]).toContain('Feedback on your previous attempt');
+  expect(inputs[2]).toContain('\\"DONE\\" not found in note.md');
+});
+
+test('verification fails twice: the task is COMPENSATED and files are restored in reverse order', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([
+        { id: 'first', title: 'First', instructions: 'write a.md and b.md', role: 'writer' },
+        { id: 'second', title: 'Second', instructions: 'edit a.md', role: 'writer', dependsOn: ['first'], acceptanceCriteria: [{ kind: 'file_contains', path: 'a.md', text: 'IMPOSSIBLE' }] },
+      ]),
+      { match: { purpose: 'act', subtask: 'first', turn: 0 }, reply: toolCall('workspace.write', { path: 'a.md', content: 'a1' }) },
+      { match: { purpose: 'act', subtask: 'first', turn: 1 }, reply: toolCall('workspace.write', { path: 'b.md', content: 'b1' }) },
+      { match: { purpose: 'act', subtask: 'second', turn: 0 }, reply: toolCall('workspace.write', { path: 'a.md', content: 'a2' }) },
+      { match: { purpose: 'act' }, reply: { text: 'done' } },
+    ],
+  };
+  // a.md existed before the task: its original content must come back
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  mkdirSync(ws('rollback', ''), { recursive: true });
+  writeFileSync(ws('rollback', 'a.md'), 'original');
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'rollback', goal: 'an impossible edit' });
+    return stack.client.result('rollback');
+  });
+  expect(result.status).toBe('COMPENSATED');
+  expect(result.error).toContain('VerificationFailed');
+  expect(readFileSync(ws('rollback', 'a.md'), 'utf8')).toBe('original');
+  expect(existsSync(ws('rollback', 'b.md'))).toBe(false);
+  const { rows } = await stack.pool.query(`SELECT seq, subtask_id, ok, detail FROM compensations WHERE task_id = 'rollback' ORDER BY seq`);
+  // second's two attempts wrote a.md twice, then first's b.md and a.md: newest first
+  expect(rows.map((r) => [r.subtask_id, r.ok])).toEqual([
+    ['second', true],
+    ['second', true],
+    ['first', true],
+    ['first', true],
+  ]);
+  expect(rows.map((r) => r.detail)).toEqual([
+    'restored previous content of a.md',
+    'restored previous content of a.md',
+    'deleted b.md, which the write had created',
+    'restored previous content of a.md',
+  ]);
+});
+
+test('cancellation mid-run rolls back what was done', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([
+        { id: 'write', title: 'Write', instructions: 'write x.md', role: 'writer' },
+        { id: 'slow', title: 'Slow', instructions: 'think for a long time', role: 'writer', dependsOn: ['write'] },
+      ]),
+      { match: { purpose: 'act', subtask: 'write', turn: 0 }, reply: toolCall('workspace.write', { path: 'x.md', content: 'x' }) },
+      { match: { purpose: 'act', subtask: 'write' }, reply: { text: 'wrote x.md' } },
+      { match: { purpose: 'act', subtask: 'slow', turn: 0 }, reply: toolCall('workspace.write', { path: 'y.md', content: 'y' }) },
+      { match: { purpose: 'act', subtask: 'slow', turn: 1 }, reply: toolCall('workspace.list', {}) },
+      { match: { purpose: 'act', subtask: 'slow', turn: 2 }, reply: toolCall('workspace.list', {}) },
+      { match: { purpose: 'act', subtask: 'slow', turn: 3 }, reply: toolCall('workspace.list', {}) },
+      { match: { purpose: 'act', subtask: 'slow', turn: 4 }, reply: toolCall('workspace.list', {}) },
+      { match: { purpose: 'act', subtask: 'slow', turn: 5 }, reply: toolCall('workspace.list', {}) },
+      { match: { purpose: 'act', subtask: 'slow' }, reply: { text: 'finally' } },
+    ],
+    delayMs: 400,
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'cancel-me', goal: 'be cancelled' });
+    for (let i = 0; i < 100 && !existsSync(ws('cancel-me', 'y.md')); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(ws('cancel-me', 'x.md'))).toBe(true);
+    await stack.client.cancelTask('cancel-me');
+    return stack.client.result('cancel-me');
+  });
+  expect(result.cancelled).toBe(true);
+  expect(result.status).toBe('COMPENSATED');
+  expect(existsSync(ws('cancel-me', 'x.md'))).toBe(false);
+  expect(existsSync(ws('cancel-me', 'y.md'))).toBe(false);
+  const { rows } = await stack.pool.query(`SELECT subtask_id, ok FROM compensations WHERE task_id = 'cancel-me' ORDER BY seq`);
+  expect(rows).toEqual([{ subtask_id: 'slow', ok: true }, { subtask_id: 'write', ok: true }]);
+});
+
+test('a malformed TaskRequest is refused with a clear error and starts nothing', async () => {
+  await expect(stack.client.submitTask({ taskId: 'bad id with spaces', goal: 'x' })).rejects.toThrow(InvalidTaskRequestError);
+  await expect(stack.client.submitTask({ goal: '   ' })).rejects.toThrow(/goal: goal must not be empty/);
+  await expect(stack.client.submitTask({ goal: 'ok', concurrency: 0 } as never)).rejects.toThrow(/concurrency/);
+  await expect(stack.client.submitTask({ goal: 'ok', surprise: true } as never)).rejects.toThrow(/surprise/);
+  const all = [];
+  for await (const wf of stack.env.client.workflow.list({ query: `WorkflowId = '${taskWorkflowId('bad id with spaces')}'` })) all.push(wf);
+  expect(all).toHaveLength(0);
+});

@@ -1,0 +1,79 @@
+import path from 'node:path';
+import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
+import { loadClientConnectConfig } from '@temporalio/envconfig';
+import type { Logger } from 'pino';
+import { Pool } from 'pg';
+import { createActivities, type ActivityDeps } from '../activities';
+import { createModelClient, modelConfigFromEnv } from '../activities/model';
+import { TASK_QUEUE } from '../schemas';
+import { dataDir } from '../scripts/stack/datadir';
+
+/** Knobs a deployment may set; everything else comes from the environment. */
+export interface MareWorkerOptions {
+  connection: NativeConnection;
+  namespace?: string;
+  taskQueue?: string;
+  deps: ActivityDeps;
+  /** A pre-built bundle (tests build one and share it); otherwise workflows are bundled from source. */
+  workflowBundle?: WorkerOptions['workflowBundle'];
+  identity?: string;
+  shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
+}
+
+/** Creates a worker that runs MARE's workflows and activities on one task queue. */
+export async function createMareWorker(opts: MareWorkerOptions): Promise<Worker> {
+  return Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace ?? 'default',
+    taskQueue: opts.taskQueue ?? TASK_QUEUE,
+    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
+    activities: createActivities(opts.deps),
+    identity: opts.identity,
+    // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
+    shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
+  });
+}
+
+/** The workspace root: MARE_WORKSPACE_DIR, else `<data dir>/workspaces`. */
+export function workspaceRootFromEnv(): string {
+  return process.env.MARE_WORKSPACE_DIR ?? path.join(dataDir(), 'workspaces');
+}
+
+/** Routes the Temporal Runtime's logs through pino and, when asked, exposes Prometheus metrics. */
+export function installRuntime(logger: Logger, metricsBind = process.env.MARE_METRICS_BIND): void {
+  Runtime.install({
+    logger: new DefaultLogger('INFO', ({ level, message, meta }) => {
+      const fn = level === 'ERROR' ? logger.error : level === 'WARN' ? logger.warn : level === 'INFO' ? logger.info : logger.debug;
+      fn.call(logger, meta ?? {}, message);
+    }),
+    telemetryOptions: metricsBind ? { metrics: { prometheus: { bindAddress: metricsBind } } } : undefined,
+  });
+}
+
+/**
+ * `mare worker`: connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS and
+ * API-key variables), uses DATABASE_URL, and runs until SIGINT/SIGTERM.
+ */
+export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string } = {}): Promise<void> {
+  const databaseUrl = process.env.DATABASE_URL;
+  if (!databaseUrl) throw new Error('DATABASE_URL is not set: the worker needs PostgreSQL (`mare dev` sets it for you)');
+  installRuntime(logger);
+  const { connectionOptions, namespace } = loadClientConnectConfig();
+  const model = createModelClient(modelConfigFromEnv());
+  const pool = new Pool({ connectionString: databaseUrl, max: 10 });
+  const connection = await NativeConnection.connect(connectionOptions);
+  try {
+    const worker = await createMareWorker({
+      connection,
+      namespace,
+      identity: opts.identity,
+      deps: { pool, model, workspaceRoot: workspaceRootFromEnv(), logger },
+    });
+    logger.info({ taskQueue: TASK_QUEUE, namespace: namespace ?? 'default', model: model.name, offline: model.offline }, 'worker started');
+    // worker.run() resolves after SIGINT/SIGTERM (the SDK installs those handlers) and the grace time.
+    await worker.run();
+  } finally {
+    await connection.close();
+    await pool.end();
+  }
+}

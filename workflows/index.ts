@@ -1,0 +1,2 @@
+export { orchestrateTask } from './orchestrateTask';
+export { executeSubtask } from './executeSubtask';

@@ -1,0 +1,197 @@
+import {
+  ApplicationFailure,
+  CancellationScope,
+  ChildWorkflowFailure,
+  executeChild,
+  isCancellation,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import {
+  addUsage,
+  SEARCH_ATTRIBUTES,
+  subtaskWorkflowId,
+  TaskRequest,
+  ZERO_USAGE,
+  type CompensationOutcome,
+  type Plan,
+  type Subtask,
+  type SubtaskResult,
+  type TaskProgress,
+  type TaskResult,
+  type UndoStep,
+} from '../schemas';
+import { compensations, models, store } from './activityProfiles';
+import { progressQuery } from './definitions';
+import { errorMessage } from './errors';
+import { executeSubtask } from './executeSubtask';
+
+type Settled = { id: string; ok: true; result: SubtaskResult } | { id: string; ok: false; partial?: SubtaskResult; error: string; cancelled: boolean };
+
+/**
+ * The story of one task: decompose it into a plan, run each subtask as a child workflow once its
+ * dependencies are done, and, if the task cannot be completed, roll back everything in reverse.
+ */
+export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
+  const parsed = TaskRequest.safeParse(input);
+  if (!parsed.success) {
+    throw ApplicationFailure.nonRetryable(`invalid TaskRequest: ${parsed.error.message}`, 'InvalidTaskRequest');
+  }
+  const req = parsed.data;
+  const progress: TaskProgress = { taskId: req.taskId, status: 'RUNNING', phase: 'planning', subtasks: [] };
+  setHandler(progressQuery, () => progress);
+  upsertSearchAttributes([
+    { key: SEARCH_ATTRIBUTES.status, value: 'RUNNING' },
+    { key: SEARCH_ATTRIBUTES.tenant, value: req.tenant },
+  ]);
+  await store.recordTaskStarted({ taskId: req.taskId, workflowId: workflowInfo().workflowId, goal: req.goal, tenant: req.tenant });
+
+  // 1. Decompose. An unusable plan has already been replaced by one atomic subtask, with the reason.
+  let plan: Plan = { subtasks: [] };
+  let usage = ZERO_USAGE;
+  const finished: SubtaskResult[] = [];
+  const failed: Extract<Settled, { ok: false }>[] = [];
+  let failure: string | undefined;
+  try {
+    const planned = await models.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks });
+    plan = planned.plan;
+    usage = addUsage(usage, planned.usage);
+    Object.assign(progress, { plan, planFallbackReason: planned.fallbackReason, phase: 'executing' });
+    progress.subtasks = plan.subtasks.map((s) => ({
+      id: s.id,
+      title: s.title,
+      role: s.role,
+      state: 'pending',
+      attempts: 0,
+      latestStep: dependsText(s),
+      workflowId: subtaskWorkflowId(req.taskId, s.id),
+    }));
+
+    // 2. Execute the DAG.
+    for await (const settled of runPlan(plan, req)) {
+      if (settled.ok) finished.push(settled.result);
+      else failed.push(settled);
+    }
+    if (failed.length > 0) failure = failed.map((f) => f.error).join('; ');
+  } catch (err) {
+    failure = isCancellation(err) ? 'cancelled' : errorMessage(err);
+  }
+  const cancelled = CancellationScope.current().consideredCancelled;
+  for (const s of [...finished, ...failed.flatMap((f) => (f.partial ? [f.partial] : []))]) usage = addUsage(usage, s.usage);
+
+  // 3. Roll back on failure or cancellation: undo every registered step, newest first.
+  let outcomes: CompensationOutcome[] = [];
+  let status: TaskResult['status'] = 'COMPLETED';
+  if (failure !== undefined || cancelled) {
+    progress.phase = 'compensating';
+    const stacks = [...finished.map((r) => r.undo), ...failed.map((f) => f.partial?.undo ?? [])];
+    outcomes = await CancellationScope.nonCancellable(() => compensate(req.taskId, stacks));
+    status = outcomes.every((o) => o.ok) ? 'COMPENSATED' : 'FAILED';
+  }
+
+  const result: TaskResult = {
+    taskId: req.taskId,
+    status,
+    cancelled,
+    plan,
+    planFallbackReason: progress.planFallbackReason,
+    subtasks: [...finished, ...failed.flatMap((f) => (f.partial ? [f.partial] : []))],
+    usage,
+    compensations: outcomes,
+    error: cancelled ? 'cancelled' : failure,
+  };
+  progress.status = status;
+  progress.phase = 'done';
+  upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.status, value: status }]);
+  await CancellationScope.nonCancellable(() => store.recordTaskFinished({ result }));
+  return result;
+
+  /**
+   * Starts each subtask as soon as its dependencies are done, at most `concurrency` at a time, and
+   * yields each outcome. After the first failure nothing new starts and running siblings are cancelled.
+   */
+  async function* runPlan(plan: Plan, req: TaskRequest): AsyncGenerator<Settled> {
+    const outputs = new Map<string, SubtaskResult>();
+    const waiting = new Set(plan.subtasks.map((s) => s.id));
+    const running = new Map<string, Promise<Settled>>();
+    const scope = new CancellationScope();
+    let stopped = false;
+    while (running.size > 0 || (!stopped && waiting.size > 0)) {
+      for (const s of plan.subtasks) {
+        if (stopped || running.size >= req.concurrency) break;
+        if (waiting.has(s.id) && s.dependsOn.every((d) => outputs.has(d))) {
+          waiting.delete(s.id);
+          running.set(s.id, scope.run(() => startSubtask(s, outputs)));
+          setState(s.id, 'running', 'started');
+        }
+      }
+      if (running.size === 0) break;
+      const settled = await Promise.race(running.values());
+      running.delete(settled.id);
+      if (settled.ok) {
+        outputs.set(settled.id, settled.result);
+        setState(settled.id, 'completed', `verified (score ${settled.result.score.toFixed(2)})`, settled.result.attempts);
+      } else {
+        setState(settled.id, settled.cancelled ? 'cancelled' : 'failed', settled.error, settled.partial?.attempts);
+        if (!stopped) {
+          stopped = true;
+          scope.cancel();
+        }
+      }
+      yield settled;
+    }
+    for (const id of waiting) setState(id, 'skipped', 'not started: the task failed');
+  }
+
+  async function startSubtask(s: Subtask, outputs: Map<string, SubtaskResult>): Promise<Settled> {
+    try {
+      const result = await executeChild(executeSubtask, {
+        workflowId: subtaskWorkflowId(req.taskId, s.id),
+        args: [
+          {
+            taskId: req.taskId,
+            goal: req.goal,
+            subtask: s,
+            dependencies: s.dependsOn.map((d) => ({ id: d, title: titleOf(d), output: outputs.get(d)?.output ?? '' })),
+          },
+        ],
+      });
+      return { id: s.id, ok: true, result };
+    } catch (err) {
+      const partial = err instanceof ChildWorkflowFailure && err.cause instanceof ApplicationFailure ? (err.cause.details?.[0] as SubtaskResult | undefined) : undefined;
+      return { id: s.id, ok: false, partial, error: partial?.error ? `${s.id}: ${partial.error}` : errorMessage(err), cancelled: isCancellation(err) || partial?.status === 'cancelled' };
+    }
+  }
+
+  function setState(id: string, state: TaskProgress['subtasks'][number]['state'], latestStep: string, attempts?: number): void {
+    const sp = progress.subtasks.find((p) => p.id === id);
+    if (!sp) return;
+    sp.state = state;
+    sp.latestStep = latestStep;
+    if (attempts !== undefined) sp.attempts = attempts;
+  }
+
+  function titleOf(id: string): string {
+    return plan.subtasks.find((s) => s.id === id)?.title ?? id;
+  }
+}
+
+/** Runs the undo stacks newest first and records every outcome; a failed undo never stops the rest. */
+async function compensate(taskId: string, stacks: UndoStep[][]): Promise<CompensationOutcome[]> {
+  const steps = stacks.flat().reverse();
+  const outcomes: CompensationOutcome[] = [];
+  for (const step of steps) {
+    try {
+      outcomes.push({ step, ok: true, detail: await compensations.compensate(step) });
+    } catch (err) {
+      outcomes.push({ step, ok: false, detail: errorMessage(err) });
+    }
+  }
+  await store.recordCompensations({ taskId, outcomes });
+  return outcomes;
+}
+
+function dependsText(s: Subtask): string {
+  return s.dependsOn.length ? `waiting for ${s.dependsOn.join(', ')}` : 'ready';
+}
