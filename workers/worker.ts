@@ -28,7 +28,7 @@ export async function createMareWorker(opts: MareWorkerOptions): Promise<Worker>
     taskQueue: opts.taskQueue ?? TASK_QUEUE,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
     activities: createActivities(opts.deps),
-    identity: opts.identity,
+    ...(opts.identity ? { identity: opts.identity } : {}),
     // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
     shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
   });
@@ -66,7 +66,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
     const worker = await createMareWorker({
       connection,
       namespace,
-      identity: opts.identity,
+      ...(opts.identity ? { identity: opts.identity } : {}),
       deps: { pool, model, workspaceRoot: workspaceRootFromEnv(), logger },
     });
     logger.info({ taskQueue: TASK_QUEUE, namespace: namespace ?? 'default', model: model.name, offline: model.offline }, 'worker started');

@@ -25,7 +25,6 @@ import {
   isExecutableFile,
   isProcessAlive,
   processCommandLine,
-  run,
   sleep,
   StackError,
   tailFile,
@@ -149,7 +148,7 @@ async function spawnWithManualMap(
     // Closing stdin without a newline makes the shell exit instead of running `file` unmapped.
     child.stdin?.end();
     child.kill('SIGKILL');
-    throw err;
+    throw (err as NodeJS.ErrnoException).code === 'ENOENT' ? new Error('unshare exited before creating a user namespace') : err;
   }
   return child;
 }
@@ -400,7 +399,15 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions = {}):
         await signalAndWait(
           pid,
           () => exited === undefined,
-          (ms) => Promise.race([exitPromise.then(() => true), sleep(ms).then(() => exited !== undefined)]),
+          (ms) =>
+            new Promise<boolean>((res) => {
+              // A plain sleep() here would keep the event loop (and so the caller's process) alive for the full delay.
+              const timer = setTimeout(() => res(exited !== undefined), ms);
+              void exitPromise.then(() => {
+                clearTimeout(timer);
+                res(true);
+              });
+            }),
         );
       }
       process.removeListener('exit', onExit);
@@ -460,7 +467,7 @@ export async function resolveDatabase(log: Log = noop): Promise<{ url: string; e
     return { url: fromEnv, embedded: false, stop: () => Promise.resolve() };
   }
   const pg = await startEmbeddedPostgres({ log });
-  return { url: pg.url, embedded: true, stop: pg.stop };
+  return { url: pg.url, embedded: true, stop: () => pg.stop() };
 }
 
 /** Hides the password of a connection URL (or a libpq key=value string) so it can be printed. */

@@ -306,7 +306,7 @@ async function checkReady(address: string, namespace: string, searchAttributes: 
     await connection.workflowService.getSystemInfo({});
     await connection.workflowService.describeNamespace({ namespace });
     const listed = await connection.operatorService.listSearchAttributes({ namespace });
-    const existing = listed.customAttributes ?? {};
+    const existing: Record<string, number | null | undefined> = listed.customAttributes ?? {};
     const missing: Record<string, number> = {};
     for (const [name, type] of Object.entries(searchAttributes)) {
       const have = existing[name];
