@@ -50,6 +50,8 @@ export interface SubtaskResult {
   score: number;
   evidenceIds: string[];
   usage: TokenUsage;
+  /** The models that answered, as `provider:model` (`scripted:…` is the offline model). */
+  models: string[];
   /** Undo steps registered by this subtask, oldest first. */
   undo: UndoStep[];
   deniedToolCalls: number;
@@ -85,6 +87,8 @@ export interface TaskResult {
   planFallbackReason?: string;
   subtasks: SubtaskResult[];
   usage: TokenUsage;
+  /** Every model that answered during the task; `scripted:…` means the offline model. */
+  models: string[];
   compensations: CompensationOutcome[];
   error?: string;
 }

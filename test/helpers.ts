@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { Worker } from '@temporalio/worker';
+import { DefaultLogger, Runtime, type Worker } from '@temporalio/worker';
 import type { temporal } from '@temporalio/proto';
 import { Client as PgClient, Pool } from 'pg';
 import pino from 'pino';
@@ -37,6 +37,7 @@ export interface TestStack {
 
 /** Starts the real Temporal dev server (the resolved CLI binary) and creates a migrated database. */
 export async function createTestStack(): Promise<TestStack> {
+  quietRuntime();
   const cli = await resolveTemporalCli();
   const env = await TestWorkflowEnvironment.createLocal({
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: Object.values(SEARCH_ATTRIBUTES) },
@@ -112,4 +113,13 @@ export function planReply(subtasks: unknown[]): { match: { purpose: 'plan' }; re
 /** A tool-call reply for the scripted model. */
 export function toolCall(name: string, args: Record<string, unknown>): { toolCalls: { name: string; args: Record<string, unknown> }[] } {
   return { toolCalls: [{ name, args }] };
+}
+
+/** Keeps the SDK's own logs to warnings and errors (once per process: the Runtime is global). */
+function quietRuntime(): void {
+  try {
+    Runtime.install({ logger: new DefaultLogger((process.env.MARE_TEST_SDK_LOG_LEVEL as 'WARN' | undefined) ?? 'ERROR') });
+  } catch {
+    // already installed by an earlier test file in this jest worker
+  }
 }

@@ -165,7 +165,7 @@ test('verification fails twice: the task is COMPENSATED and files are restored i
     return stack.client.result('rollback');
   });
   expect(result.status).toBe('COMPENSATED');
-  expect(result.error).toContain('VerificationFailed');
+  expect(result.error).toContain('second: verification failed 2 times');
   expect(readFileSync(ws('rollback', 'a.md'), 'utf8')).toBe('original');
   expect(existsSync(ws('rollback', 'b.md'))).toBe(false);
   const { rows } = await stack.pool.query(`SELECT seq, subtask_id, ok, detail FROM compensations WHERE task_id = 'rollback' ORDER BY seq`);

@@ -44,6 +44,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     score: 0,
     evidenceIds: [],
     usage: ZERO_USAGE,
+    models: [],
     undo: [],
     deniedToolCalls: 0,
   };
@@ -113,6 +114,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         meta: { taskId, subtaskId: subtask.id, role: role.name, attempt },
       });
       result.usage = addUsage(result.usage, response.usage);
+      if (!result.models.includes(response.model)) result.models.push(response.model);
       if (response.kind === 'final') return response.text;
 
       messages.push({ role: 'assistant', content: response.text, toolCalls: response.calls });

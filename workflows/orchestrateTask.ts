@@ -50,6 +50,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   // 1. Decompose. An unusable plan has already been replaced by one atomic subtask, with the reason.
   let plan: Plan = { subtasks: [] };
   let usage = ZERO_USAGE;
+  const modelNames = new Set<string>();
   const finished: SubtaskResult[] = [];
   const failed: Extract<Settled, { ok: false }>[] = [];
   let failure: string | undefined;
@@ -57,6 +58,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     const planned = await models.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks });
     plan = planned.plan;
     usage = addUsage(usage, planned.usage);
+    modelNames.add(planned.model);
     Object.assign(progress, { plan, planFallbackReason: planned.fallbackReason, phase: 'executing' });
     progress.subtasks = plan.subtasks.map((s) => ({
       id: s.id,
@@ -78,7 +80,11 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     failure = isCancellation(err) ? 'cancelled' : errorMessage(err);
   }
   const cancelled = CancellationScope.current().consideredCancelled;
-  for (const s of [...finished, ...failed.flatMap((f) => (f.partial ? [f.partial] : []))]) usage = addUsage(usage, s.usage);
+  const subtaskResults = [...finished, ...failed.flatMap((f) => (f.partial ? [f.partial] : []))];
+  for (const s of subtaskResults) {
+    usage = addUsage(usage, s.usage);
+    s.models.forEach((m) => modelNames.add(m));
+  }
 
   // 3. Roll back on failure or cancellation: undo every registered step, newest first.
   let outcomes: CompensationOutcome[] = [];
@@ -96,8 +102,9 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     cancelled,
     plan,
     planFallbackReason: progress.planFallbackReason,
-    subtasks: [...finished, ...failed.flatMap((f) => (f.partial ? [f.partial] : []))],
+    subtasks: subtaskResults,
     usage,
+    models: [...modelNames],
     compensations: outcomes,
     error: cancelled ? 'cancelled' : failure,
   };

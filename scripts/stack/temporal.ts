@@ -20,17 +20,28 @@ import {
   waitForPidExit,
 } from './datadir';
 
+import { SearchAttributeType } from '@temporalio/common';
+import { SEARCH_ATTRIBUTES } from '../../schemas/constants';
+
 export { StackError } from './datadir';
 
-/** The custom search attributes MARE registers on its namespace. */
-export const MARE_SEARCH_ATTRIBUTES = {
-  MareStatus: 'Keyword',
-  MareRole: 'Keyword',
-  MareTenant: 'Keyword',
-  MarePendingApproval: 'Bool',
-} as const;
-
 /** A search attribute type name as spelled by `temporal server start-dev --search-attribute`. */
+const CLI_TYPE_NAMES: Record<SearchAttributeType, SearchAttributeTypeName> = {
+  [SearchAttributeType.KEYWORD]: 'Keyword',
+  [SearchAttributeType.TEXT]: 'Text',
+  [SearchAttributeType.INT]: 'Int',
+  [SearchAttributeType.DOUBLE]: 'Double',
+  [SearchAttributeType.BOOL]: 'Bool',
+  [SearchAttributeType.DATETIME]: 'Datetime',
+  [SearchAttributeType.KEYWORD_LIST]: 'KeywordList',
+};
+
+/** The custom search attributes MARE registers on its namespace (the keys the workflows set). */
+export const MARE_SEARCH_ATTRIBUTES: Record<string, SearchAttributeTypeName> = Object.fromEntries(
+  Object.values(SEARCH_ATTRIBUTES).map((key) => [key.name, CLI_TYPE_NAMES[key.type]]),
+);
+
+/** The type names the Temporal CLI accepts. */
 export type SearchAttributeTypeName = 'Keyword' | 'Text' | 'Int' | 'Double' | 'Bool' | 'Datetime' | 'KeywordList';
 
 /** The Temporal CLI release that `go install` builds (later releases can no longer be go-installed). */

@@ -1,0 +1,173 @@
+#!/usr/bin/env node
+import { Command, InvalidArgumentError } from 'commander';
+import { MareClient, InvalidTaskRequestError, TaskNotFoundError } from './client';
+import { describeStack, startLocalStack } from './localStack';
+import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
+import { runDemo } from './demo';
+import { createLogger } from '../workers/logger';
+import { runWorkerFromEnv } from '../workers/worker';
+import type { TaskProgress } from '../schemas';
+
+const print = (line = ''): void => void process.stdout.write(`${line}\n`);
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+/** Runs a command body, turning known errors into one clear line and exit code 1. */
+function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      const known = err instanceof InvalidTaskRequestError || err instanceof TaskNotFoundError;
+      process.stderr.write(`mare: ${err instanceof Error ? err.message : String(err)}\n`);
+      if (!known && process.env.MARE_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+      process.exitCode = known ? 2 : 1;
+    }
+  };
+}
+
+const program = new Command('mare')
+  .description('MARE: durable orchestration of LLM agents on Temporal.\nClient commands connect with TEMPORAL_ADDRESS (default 127.0.0.1:7233) and TEMPORAL_NAMESPACE (default "default").')
+  .showHelpAfterError();
+
+program
+  .command('dev')
+  .description('start a local stack: Temporal dev server (SQLite in .mare/), PostgreSQL (DATABASE_URL or embedded), one worker; Ctrl-C stops it all')
+  .option('--port <port>', 'Temporal gRPC port', positiveInt, 7233)
+  .option('--ui-port <port>', 'Temporal Web UI port', positiveInt, 8233)
+  .action(
+    action(async (opts: { port: number; uiPort: number }) => {
+      const logger = createLogger('mare-dev');
+      const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort });
+      describeStack(stack).forEach((l) => print(l));
+      if (stack.model.offline) print(OFFLINE_NOTICE);
+      print('Worker running on task queue mare-tasks. Press Ctrl-C to stop.');
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      print('stopping…');
+      await stack.stop();
+      print('stopped.');
+    }),
+  );
+
+program
+  .command('worker')
+  .description('run a worker on task queue mare-tasks (needs DATABASE_URL; Temporal from TEMPORAL_ADDRESS/TEMPORAL_NAMESPACE, TLS and API-key variables); stops on SIGINT/SIGTERM after a grace time')
+  .option('--identity <name>', 'worker identity shown in the Web UI')
+  .action(
+    action(async (opts: { identity?: string }) => {
+      await runWorkerFromEnv(createLogger('mare-worker'), opts);
+    }),
+  );
+
+program
+  .command('run')
+  .description('submit a task; with --wait, show live progress and the result')
+  .argument('<goal>', 'what the task should achieve')
+  .option('--id <taskId>', 'task id and idempotency key: the same id never starts a second run')
+  .option('--concurrency <n>', 'subtasks run at once', positiveInt, 4)
+  .option('--tenant <tenant>', 'tenant the task belongs to', 'default')
+  .option('--wait', 'wait for the result, printing the plan and progress')
+  .option('--json', 'print the result (or, without --wait, the task id) as JSON')
+  .action(
+    action(async (goal: string, opts: { id?: string; concurrency: number; tenant: string; wait?: boolean; json?: boolean }) => {
+      const client = await MareClient.connect();
+      try {
+        const { taskId, workflowId } = await client.submitTask({ taskId: opts.id, goal, concurrency: opts.concurrency, tenant: opts.tenant });
+        if (!opts.wait) {
+          print(opts.json ? JSON.stringify({ taskId, workflowId }) : `submitted task ${taskId} (workflow ${workflowId})`);
+          return;
+        }
+        if (!opts.json) {
+          print(`task ${taskId} (workflow ${workflowId})`);
+          let prev: TaskProgress | undefined;
+          for await (const p of client.watchTask(taskId)) {
+            progressLines(prev, p).forEach((l) => print(l));
+            prev = p;
+          }
+        }
+        const result = await client.result(taskId);
+        print(opts.json ? JSON.stringify(result, null, 2) : formatResult(result));
+        if (result.status !== 'COMPLETED') process.exitCode = 1;
+      } finally {
+        await client.close();
+      }
+    }),
+  );
+
+program
+  .command('status')
+  .description('show a task: its progress while running, its result once done')
+  .argument('<taskId>')
+  .option('--json', 'print as JSON')
+  .action(
+    action(async (taskId: string, opts: { json?: boolean }) => {
+      const client = await MareClient.connect();
+      try {
+        const view = await client.getTask(taskId);
+        if (opts.json) return print(JSON.stringify(view, null, 2));
+        print(`task ${view.taskId}: workflow ${view.workflowId} is ${view.execution}`);
+        if (view.progress) progressLines(undefined, view.progress).forEach((l) => print(l));
+        if (view.result) print(formatResult(view.result));
+      } finally {
+        await client.close();
+      }
+    }),
+  );
+
+program
+  .command('list')
+  .description('list recent tasks, newest first')
+  .option('--limit <n>', 'how many', positiveInt, 20)
+  .option('--json', 'print as JSON')
+  .action(
+    action(async (opts: { limit: number; json?: boolean }) => {
+      const client = await MareClient.connect();
+      try {
+        const tasks = await client.listTasks({ limit: opts.limit });
+        if (opts.json) return print(JSON.stringify(tasks, null, 2));
+        if (!tasks.length) return print('no tasks');
+        for (const t of tasks) print(`${t.startTime.toISOString()}  ${(t.status ?? t.execution).padEnd(11)} ${t.taskId}`);
+      } finally {
+        await client.close();
+      }
+    }),
+  );
+
+program
+  .command('cancel')
+  .description('cancel a task; what it did is rolled back and it ends COMPENSATED')
+  .argument('<taskId>')
+  .action(
+    action(async (taskId: string) => {
+      const client = await MareClient.connect();
+      try {
+        await client.cancelTask(taskId);
+        print(`cancellation requested for task ${taskId}`);
+      } finally {
+        await client.close();
+      }
+    }),
+  );
+
+program
+  .command('demo')
+  .description('start the local stack, run the demo task (plan, roles, file tools, verification), print it all, then stop (what `npm start` runs)')
+  .option('--keep', 'keep the stack running after the demo, to browse the run in the Web UI; Ctrl-C stops it')
+  .option('--port <port>', 'Temporal gRPC port', positiveInt, 7233)
+  .option('--ui-port <port>', 'Temporal Web UI port', positiveInt, 8233)
+  .action(
+    action(async (opts: { keep?: boolean; port: number; uiPort: number }) => {
+      const completed = await runDemo({ print, keep: opts.keep ?? false, port: opts.port, uiPort: opts.uiPort });
+      if (!completed) process.exitCode = 1;
+    }),
+  );
+
+// Exit explicitly once a command is done: the SDK's native runtime can keep the event loop alive.
+void program.parseAsync(process.argv).then(() => process.exit());

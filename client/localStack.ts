@@ -1,0 +1,81 @@
+import { NativeConnection } from '@temporalio/worker';
+import type { Logger } from 'pino';
+import { Pool } from 'pg';
+import { createModelClient, modelConfigFromEnv, type ModelClient } from '../activities/model';
+import { migrate } from '../db/migrate';
+import { redactUrl, resolveDatabase } from '../scripts/stack/postgres';
+import { resolveTemporalCli, startTemporalDevServer } from '../scripts/stack/temporal';
+import { createMareWorker, installRuntime, workspaceRootFromEnv } from '../workers/worker';
+
+/** A running local stack: Temporal dev server, PostgreSQL, migrations applied, one worker. */
+export interface LocalStack {
+  address: string;
+  uiUrl: string;
+  namespace: string;
+  databaseUrl: string;
+  embeddedDatabase: boolean;
+  model: ModelClient;
+  /** Stops the worker, then the servers this stack started. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts everything `mare dev` and the demo need, printing as it goes. On any failure, whatever
+ * was already started is stopped again.
+ */
+export async function startLocalStack(opts: { logger: Logger; print: (line: string) => void; port?: number; uiPort?: number }): Promise<LocalStack> {
+  const { logger, print } = opts;
+  const stops: (() => Promise<void>)[] = [];
+  const stopAll = async (): Promise<void> => {
+    while (stops.length) await stops.pop()?.().catch((err: unknown) => logger.error({ err }, 'stop failed'));
+  };
+  try {
+    const model = createModelClient(modelConfigFromEnv());
+    installRuntime(logger);
+    const cli = await resolveTemporalCli((m) => print(`temporal: ${m}`));
+    const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort: opts.uiPort, log: (m) => logger.debug(m) });
+    stops.push(() => temporal.stop());
+    const db = await resolveDatabase((m) => print(`postgres: ${m}`));
+    stops.push(() => db.stop());
+    const applied = await migrate(db.url);
+    if (applied.length) print(`database: applied migrations ${applied.join(', ')}`);
+    process.env.DATABASE_URL ??= db.url;
+
+    const connection = await NativeConnection.connect({ address: temporal.address });
+    const pool = new Pool({ connectionString: db.url, max: 10 });
+    const worker = await createMareWorker({
+      connection,
+      namespace: temporal.namespace,
+      deps: { pool, model, workspaceRoot: workspaceRootFromEnv(), logger },
+    });
+    const running = worker.run();
+    stops.push(async () => {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+      await running;
+      await connection.close();
+      await pool.end();
+    });
+    return {
+      address: temporal.address,
+      uiUrl: temporal.uiUrl,
+      namespace: temporal.namespace,
+      databaseUrl: db.url,
+      embeddedDatabase: db.embedded,
+      model,
+      stop: stopAll,
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
+
+/** The lines `mare dev` and the demo print about the stack. */
+export function describeStack(stack: LocalStack): string[] {
+  return [
+    `Temporal gRPC:  ${stack.address} (namespace ${stack.namespace})`,
+    `Temporal UI:    ${stack.uiUrl}`,
+    `Database:       ${redactUrl(stack.databaseUrl)}${stack.embeddedDatabase ? ' (embedded, data in .mare/postgres)' : ' (DATABASE_URL)'}`,
+    `Model:          ${stack.model.name}${stack.model.offline ? ' (offline scripted model)' : ''}`,
+  ];
+}
