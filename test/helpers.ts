@@ -116,7 +116,7 @@ export function toolCall(name: string, args: Record<string, unknown>): { toolCal
 }
 
 /** Keeps the SDK's own logs to warnings and errors (once per process: the Runtime is global). */
-function quietRuntime(): void {
+export function quietRuntime(): void {
   try {
     Runtime.install({ logger: new DefaultLogger((process.env.MARE_TEST_SDK_LOG_LEVEL as 'WARN' | undefined) ?? 'ERROR') });
   } catch {

@@ -14,6 +14,18 @@ afterAll(async () => {
   await stack?.teardown();
 });
 
+/** Refreshes test/histories/ from this run (MARE_RECORD_HISTORIES=1) with the Temporal CLI; the replay test reads them. */
+async function recordHistories(taskId: string): Promise<void> {
+  const { execFileSync } = await import('node:child_process');
+  const { writeFileSync } = await import('node:fs');
+  const { resolveTemporalCli } = await import('../scripts/stack/temporal');
+  const cli = await resolveTemporalCli();
+  for (const [file, wid] of [['orchestrateTask.happy.json', taskWorkflowId(taskId)], ['executeSubtask.draft.json', `${taskWorkflowId(taskId)}--draft`]] as const) {
+    const json = execFileSync(cli, ['workflow', 'show', '--address', stack.env.address, '--workflow-id', wid, '--output', 'json'], { encoding: 'utf8' });
+    writeFileSync(path.join(__dirname, 'histories', file), json);
+  }
+}
+
 const ws = (taskId: string, rel: string): string => path.join(stack.workspaceRoot, taskId, rel);
 
 test('happy path: the demo task is decomposed, executed by two roles with tools, verified and COMPLETED', async () => {
@@ -44,6 +56,7 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   expect(calls.map((c) => `${c.tool}:${c.status}`)).toEqual(['workspace.write:ok', 'workspace.read:ok', 'workspace.write:ok', 'workspace.read:ok']);
   // the draft received the outline's output as a dependency and ran as its own child workflow
   const child = scheduledActivities(await historyOf(stack, `${taskWorkflowId('happy')}--draft`));
+  if (process.env.MARE_RECORD_HISTORIES) await recordHistories('happy');
   expect(child).toEqual(['loadRole', 'callModel', 'workspace.read', 'callModel', 'workspace.write', 'callModel', 'verify', 'recordSubtask']);
 });
 
