@@ -127,8 +127,11 @@ function retryAfterMs(headers: Record<string, string> | undefined): number | und
   return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
 }
 
+/** fetch's own failures (checked by name: errors from another realm fail `instanceof`) and socket errors. */
 function isNetworkError(err: unknown): boolean {
-  const code = (err as { code?: string; cause?: { code?: string } } | undefined)?.cause?.code ?? (err as { code?: string })?.code;
+  const e = err as { name?: string; message?: string; code?: string; cause?: { code?: string } } | undefined;
+  if (e?.name === 'TypeError' && e.message === 'fetch failed') return true;
+  const code = e?.cause?.code ?? e?.code;
   return typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EAI_AGAIN|ENOTFOUND|UND_ERR)/.test(code);
 }
 

@@ -54,6 +54,10 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   ]);
   const { rows: calls } = await stack.pool.query(`SELECT tool, status FROM tool_calls WHERE task_id = $1 ORDER BY created_at`, ['happy']);
   expect(calls.map((c) => `${c.tool}:${c.status}`)).toEqual(['workspace.write:ok', 'workspace.read:ok', 'workspace.write:ok', 'workspace.read:ok']);
+  // token usage is recorded per model call: plan 1, outline 2, draft 3 + 1 judge, review 2
+  const { rows: modelCalls } = await stack.pool.query(`SELECT purpose, count(*)::int AS n, sum(input_tokens)::int AS tokens FROM model_calls WHERE task_id = 'happy' GROUP BY purpose ORDER BY purpose`);
+  expect(modelCalls.map((r) => [r.purpose, r.n])).toEqual([['act', 7], ['judge', 1], ['plan', 1]]);
+  expect(modelCalls.reduce((sum, r) => sum + r.tokens, 0)).toBe(result.usage.inputTokens);
   // the draft received the outline's output as a dependency and ran as its own child workflow
   const child = scheduledActivities(await historyOf(stack, `${taskWorkflowId('happy')}--draft`));
   if (process.env.MARE_RECORD_HISTORIES) await recordHistories('happy');
