@@ -92,7 +92,7 @@ export function createModelClient(config: ModelConfig): ModelClient {
       const base = { model: name, offline: config.provider === 'scripted', usage };
       if (result.toolCalls.length === 0) return { ...base, kind: 'final', text: result.text };
       const calls = result.toolCalls.map((c) =>
-        ToolCall.parse({ id: c.toolCallId, name: fromProviderToolName(c.toolName), args: c.input ?? {} }),
+        ToolCall.parse({ id: c.toolCallId, name: fromProviderToolName(c.toolName), args: (c.input ?? {}) as unknown }),
       );
       return { ...base, kind: 'tool_calls', text: result.text, calls };
     },

@@ -1,7 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { extractJsonObject, type Criterion, type CriterionResult, type Verdict } from '../schemas';
-import { describeCriterion } from '../workflows/inject';
+import { describeCriterion, extractJsonObject, type Criterion, type CriterionResult, type Verdict } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { activityKey, canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Client, Connection, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
-import { z } from 'zod';
+import type { z } from 'zod';
 import { TASK_QUEUE, TaskId, TaskRequest, taskWorkflowId, type SubtaskProgress, type TaskProgress, type TaskResult } from '../schemas';
 import { progressQuery, subtaskProgressQuery } from '../workflows/definitions';
 import type { orchestrateTask } from '../workflows';

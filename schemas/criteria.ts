@@ -19,6 +19,22 @@ export const Criterion = z.discriminatedUnion('kind', [
 ]);
 export type Criterion = z.infer<typeof Criterion>;
 
+/** A one-line, human-readable form of a criterion (for prompts and feedback). */
+export function describeCriterion(c: Criterion): string {
+  switch (c.kind) {
+    case 'file_exists':
+      return `file ${c.path} exists`;
+    case 'file_contains':
+      return `file ${c.path} contains "${c.text}"`;
+    case 'file_matches':
+      return `file ${c.path} matches /${c.pattern}/`;
+    case 'output_contains':
+      return `the final answer contains "${c.text}"`;
+    case 'judged':
+      return `judged: ${c.rubric}`;
+  }
+}
+
 /** The outcome of one criterion, as stored in the evidence bundle. */
 export const CriterionResult = z.object({
   criterion: Criterion,

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ToolCall } from './tools';
+import type { ToolCall } from './tools';
 
 /** Why a model is called; the scripted offline model matches its rules on this. */
 export type ModelPurpose = 'plan' | 'act' | 'judge';

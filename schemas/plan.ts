@@ -27,7 +27,7 @@ export type PlanValidation = { ok: true; plan: Plan } | { ok: false; reason: str
  * Parses and validates a model's plan: JSON, schema, unique ids, known dependencies, no cycle and
  * at most `maxSubtasks` nodes. Pure, so the planner activity and tests share it.
  */
-export function validatePlan(raw: string | unknown, maxSubtasks = DEFAULT_MAX_SUBTASKS): PlanValidation {
+export function validatePlan(raw: unknown, maxSubtasks = DEFAULT_MAX_SUBTASKS): PlanValidation {
   let data: unknown = raw;
   if (typeof raw === 'string') {
     const json = extractJsonObject(raw);

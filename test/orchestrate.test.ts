@@ -238,7 +238,7 @@ test('cancellation mid-run rolls back what was done', async () => {
 test('a malformed TaskRequest is refused with a clear error and starts nothing', async () => {
   await expect(stack.client.submitTask({ taskId: 'bad id with spaces', goal: 'x' })).rejects.toThrow(InvalidTaskRequestError);
   await expect(stack.client.submitTask({ goal: '   ' })).rejects.toThrow(/goal: goal must not be empty/);
-  await expect(stack.client.submitTask({ goal: 'ok', concurrency: 0 } as never)).rejects.toThrow(/concurrency/);
+  await expect(stack.client.submitTask({ goal: 'ok', concurrency: 0 })).rejects.toThrow(/concurrency/);
   await expect(stack.client.submitTask({ goal: 'ok', surprise: true } as never)).rejects.toThrow(/surprise/);
   const all = [];
   for await (const wf of stack.env.client.workflow.list({ query: `WorkflowId = '${taskWorkflowId('bad id with spaces')}'` })) all.push(wf);

@@ -1,4 +1,4 @@
-import type { ChatMessage, Criterion, DependencyOutput, RoleProfile, Subtask } from '../schemas';
+import { describeCriterion, type ChatMessage, type DependencyOutput, type RoleProfile, type Subtask } from '../schemas';
 
 /** Rules every embodiment gets, whatever its role: the system layer. */
 export const SYSTEM_LAYER = [
@@ -45,22 +45,6 @@ export function buildAgentContext(input: InjectionInput): ChatMessage[] {
     { role: 'system', content: roleLayer.join('\n\n') },
     { role: 'user', content: taskLayer.join('\n\n') },
   ];
-}
-
-/** A one-line, human-readable form of a criterion (for prompts and feedback). */
-export function describeCriterion(c: Criterion): string {
-  switch (c.kind) {
-    case 'file_exists':
-      return `file ${c.path} exists`;
-    case 'file_contains':
-      return `file ${c.path} contains "${c.text}"`;
-    case 'file_matches':
-      return `file ${c.path} matches /${c.pattern}/`;
-    case 'output_contains':
-      return `the final answer contains "${c.text}"`;
-    case 'judged':
-      return `judged: ${c.rubric}`;
-  }
 }
 
 function truncate(text: string, limit: number): string {
