@@ -13,10 +13,10 @@ import { migrate } from '../db/migrate';
 import { SEARCH_ATTRIBUTES, TASK_QUEUE } from '../schemas';
 import { resolveTemporalCli } from '../scripts/stack/temporal';
 import { createMareWorker } from '../workers/worker';
-import { BUNDLE_PATH } from './paths';
+import { BUNDLE_PATH, LOCAL_POSTGRES_URL } from './paths';
 
-/** The PostgreSQL server tests use: DATABASE_URL, or the local server these machines run. */
-export const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+/** The PostgreSQL server tests create their databases on (globalSetup sets DATABASE_URL). */
+export const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? LOCAL_POSTGRES_URL;
 
 export type ScriptInput = Omit<Partial<ModelScript>, 'rules'> & { rules: unknown[] };
 
