@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { describeCriterion, extractJsonObject, type Criterion, type CriterionResult, type Verdict } from '../schemas';
+import { addUsage, describeCriterion, extractJsonObject, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { activityKey, canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
@@ -31,7 +31,13 @@ export function createVerifyActivities(deps: ActivityDeps) {
     }
   }
 
-  async function check(input: VerifyInput, c: Criterion, files: Record<string, string>): Promise<CriterionResult> {
+  /** Collects what judged criteria cost, for the verdict. */
+  interface Spend {
+    usage: TokenUsage;
+    models: Set<string>;
+  }
+
+  async function check(input: VerifyInput, c: Criterion, files: Record<string, string>, spend: Spend): Promise<CriterionResult> {
     const verdict = (passed: boolean, detail: string, score = passed ? 1 : 0): CriterionResult => ({ criterion: c, passed, score, detail });
     switch (c.kind) {
       case 'file_exists':
@@ -62,6 +68,8 @@ export function createVerifyActivities(deps: ActivityDeps) {
             { role: 'user', content: `Rubric: ${c.rubric}\n\nWork to judge:\n${input.output}` },
           ],
         });
+        spend.usage = addUsage(spend.usage, response.usage);
+        spend.models.add(response.model);
         const judged = parseJudgement(response.text);
         if (!judged) return verdict(false, `the judge's reply was not valid JSON {score, rationale}: ${response.text.slice(0, 200)}`);
         return verdict(judged.score >= input.threshold, `score ${judged.score.toFixed(2)}: ${judged.rationale}`, judged.score);
@@ -73,7 +81,8 @@ export function createVerifyActivities(deps: ActivityDeps) {
     async verify(input: VerifyInput): Promise<Verdict> {
       const files: Record<string, string> = {};
       const results: CriterionResult[] = [];
-      for (const c of input.criteria) results.push(await check(input, c, files));
+      const spend: Spend = { usage: ZERO_USAGE, models: new Set() };
+      for (const c of input.criteria) results.push(await check(input, c, files, spend));
       const score = results.length ? results.reduce((sum, r) => sum + r.score, 0) / results.length : 1;
       const passed = results.every((r) => r.passed) && score >= input.threshold;
       const failedOnes = results.filter((r) => !r.passed);
@@ -100,7 +109,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
         [evidenceId, input.taskId, input.subtaskId, input.attempt, passed, score, JSON.stringify(evidence)],
       );
       await audit(pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId }, activityKey());
-      return { passed, score, threshold: input.threshold, feedback, evidenceId, results };
+      return { passed, score, threshold: input.threshold, feedback, evidenceId, results, usage: spend.usage, models: [...spend.models] };
     },
   };
 }

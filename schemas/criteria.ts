@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { TokenUsage } from './model';
 
 /** A workspace-relative path: no absolute paths, no `..` segments (checked again on disk by the tools). */
 export const WorkspacePath = z
@@ -52,4 +53,7 @@ export interface Verdict {
   feedback: string;
   evidenceId: string;
   results: CriterionResult[];
+  /** Tokens spent by judged criteria, and the models that judged. */
+  usage: TokenUsage;
+  models: string[];
 }

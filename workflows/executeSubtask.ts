@@ -72,6 +72,8 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         threshold: role.confidenceThreshold,
       });
       result.evidenceIds.push(verdict.evidenceId);
+      result.usage = addUsage(result.usage, verdict.usage);
+      verdict.models.forEach((m) => addModel(m));
       result.score = verdict.score;
       if (verdict.passed) {
         result.status = 'completed';
@@ -103,6 +105,10 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     });
   }
 
+  function addModel(model: string): void {
+    if (!result.models.includes(model)) result.models.push(model);
+  }
+
   /** Model → tool calls → model … until a final answer or the role's iteration budget runs out. */
   async function agentLoop(role: RoleProfile, messages: ChatMessage[], attempt: number): Promise<string> {
     for (let iteration = 1; iteration <= role.maxIterations; iteration++) {
@@ -114,7 +120,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         meta: { taskId, subtaskId: subtask.id, role: role.name, attempt },
       });
       result.usage = addUsage(result.usage, response.usage);
-      if (!result.models.includes(response.model)) result.models.push(response.model);
+      addModel(response.model);
       if (response.kind === 'final') return response.text;
 
       messages.push({ role: 'assistant', content: response.text, toolCalls: response.calls });
