@@ -1,5 +1,6 @@
 import { Context } from '@temporalio/activity';
 import type { ModelRequest, ModelResponse } from '../schemas';
+import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
 import { classifyModelError } from './model';
@@ -8,17 +9,20 @@ const HEARTBEAT_EVERY_MS = 5_000;
 
 /**
  * Calls the model inside an activity: heartbeats while waiting, aborts on cancellation, classifies
- * errors, and records the call's token usage once (keyed by the activity, so retries don't double it).
+ * errors, and records the call's token usage once. `callIndex` tells apart several calls made by one
+ * activity (the verifier judges each criterion), so a retry never records a call twice.
  */
 export async function callModelWithHeartbeat(
   { model, pool }: Pick<ActivityDeps, 'model' | 'pool'>,
   req: ModelRequest & { goal?: string },
+  callIndex = 0,
 ): Promise<ModelResponse> {
   const ctx = Context.current();
+  const messages = await expandMessages(pool, req.messages);
   const timer = setInterval(() => ctx.heartbeat(), HEARTBEAT_EVERY_MS);
   let response: ModelResponse;
   try {
-    response = await model.generate(req, ctx.cancellationSignal);
+    response = await model.generate({ ...req, messages }, ctx.cancellationSignal);
   } catch (err) {
     throw classifyModelError(err);
   } finally {
@@ -27,19 +31,18 @@ export async function callModelWithHeartbeat(
   await pool.query(
     `INSERT INTO model_calls (call_key, task_id, subtask_id, purpose, model, offline, input_tokens, output_tokens)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (call_key) DO NOTHING`,
-    [activityKey(), req.meta.taskId, req.meta.subtaskId ?? null, req.purpose, response.model, response.offline, response.usage.inputTokens, response.usage.outputTokens],
+    [`${activityKey()}:${callIndex}`, req.meta.taskId, req.meta.subtaskId ?? null, req.purpose, response.model, response.offline, response.usage.inputTokens, response.usage.outputTokens],
   );
   return response;
 }
 
-/** The agent loop's model call. Token usage travels back in the response and is summed per task. */
+/** The agent loop's model call. Long tool-call arguments (file contents) go back to history as blob references. */
 export function createModelActivities(deps: ActivityDeps) {
   return {
     async callModel(req: ModelRequest): Promise<ModelResponse> {
       const response = await callModelWithHeartbeat(deps, req);
-      const { logger } = deps;
-      logger.debug({ model: response.model, kind: response.kind, usage: response.usage, subtask: req.meta.subtaskId }, 'model call');
-      return response;
+      deps.logger.debug({ model: response.model, kind: response.kind, usage: response.usage, subtask: req.meta.subtaskId }, 'model call');
+      return response.kind === 'tool_calls' ? { ...response, calls: await compactToolCalls(deps.pool, response.calls) } : response;
     },
   };
 }

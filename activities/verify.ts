@@ -37,7 +37,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
     models: Set<string>;
   }
 
-  async function check(input: VerifyInput, c: Criterion, files: Record<string, string>, spend: Spend): Promise<CriterionResult> {
+  async function check(input: VerifyInput, c: Criterion, files: Record<string, string>, spend: Spend, index: number): Promise<CriterionResult> {
     const verdict = (passed: boolean, detail: string, score = passed ? 1 : 0): CriterionResult => ({ criterion: c, passed, score, detail });
     switch (c.kind) {
       case 'file_exists':
@@ -67,7 +67,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
             { role: 'system', content: 'You are a strict reviewer. Reply with JSON only: {"score": <0..1>, "rationale": "<one sentence>"}.' },
             { role: 'user', content: `Rubric: ${c.rubric}\n\nWork to judge:\n${input.output}` },
           ],
-        });
+        }, index);
         spend.usage = addUsage(spend.usage, response.usage);
         spend.models.add(response.model);
         const judged = parseJudgement(response.text);
@@ -82,7 +82,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
       const files: Record<string, string> = {};
       const results: CriterionResult[] = [];
       const spend: Spend = { usage: ZERO_USAGE, models: new Set() };
-      for (const c of input.criteria) results.push(await check(input, c, files, spend));
+      for (const [index, c] of input.criteria.entries()) results.push(await check(input, c, files, spend, index));
       const score = results.length ? results.reduce((sum, r) => sum + r.score, 0) / results.length : 1;
       const passed = results.every((r) => r.passed) && score >= input.threshold;
       const failedOnes = results.filter((r) => !r.passed);

@@ -13,6 +13,7 @@ import {
 } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { audit, putBlob } from './store';
+import { expandArgs } from './blobRefs';
 import { sha256 } from './idempotency';
 
 /** A path the tools refuse: outside the workspace, through a symlink, or malformed. */
@@ -62,7 +63,8 @@ export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps)
     rawArgs: unknown,
     fn: (args: z.infer<S>, workspace: string) => Promise<ToolResult>,
   ): Promise<ToolResult> {
-    const parsed = schema.safeParse(rawArgs);
+    const args = await expandArgs(pool, rawArgs);
+    const parsed = schema.safeParse(args);
     let result: ToolResult;
     if (!parsed.success) {
       result = { ok: false, content: `invalid arguments for ${tool}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` };
@@ -78,7 +80,7 @@ export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps)
       `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail, attempts)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
        ON CONFLICT (call_key) DO UPDATE SET attempts = GREATEST(tool_calls.attempts, EXCLUDED.attempts)`,
-      [ctx.callKey, ctx.taskId, ctx.subtaskId, tool, JSON.stringify(redactContent(rawArgs)), result.ok ? 'ok' : 'error', result.content.slice(0, 500), Context.current().info.attempt],
+      [ctx.callKey, ctx.taskId, ctx.subtaskId, tool, JSON.stringify(redactContent(args)), result.ok ? 'ok' : 'error', result.content.slice(0, 500), Context.current().info.attempt],
     );
     return result;
   }

@@ -58,7 +58,7 @@ program
 
 program
   .command('worker')
-  .description('run a worker on task queue mare-tasks (needs DATABASE_URL; Temporal from TEMPORAL_ADDRESS/TEMPORAL_NAMESPACE, TLS and API-key variables); stops on SIGINT/SIGTERM after a grace time')
+  .description('run a worker on task queue mare-tasks: migrates DATABASE_URL (required), connects to Temporal from TEMPORAL_ADDRESS/TEMPORAL_NAMESPACE (TLS and API-key variables too), stops on SIGINT/SIGTERM after a grace time')
   .option('--identity <name>', 'worker identity shown in the Web UI')
   .action(
     action(async (opts: { identity?: string }) => {
@@ -142,7 +142,7 @@ program
 
 program
   .command('cancel')
-  .description('cancel a task; what it did is rolled back and it ends COMPENSATED')
+  .description('cancel a task: what it did is rolled back; it ends COMPENSATED, or FAILED if an undo step failed')
   .argument('<taskId>')
   .action(
     action(async (taskId: string) => {

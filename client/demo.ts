@@ -1,6 +1,8 @@
 import { Client, Connection } from '@temporalio/client';
 import { TASK_QUEUE, type TaskProgress } from '../schemas';
+import path from 'node:path';
 import { createLogger } from '../workers/logger';
+import { workspaceRootFromEnv } from '../workers/worker';
 import { MareClient } from './client';
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, progressLines, webUiLink } from './render';
@@ -38,7 +40,7 @@ export async function runDemo(opts: { print: (line?: string) => void; keep: bool
     print(formatResult(result));
     print();
     print(`Web UI: ${webUiLink(stack.uiUrl, stack.namespace, workflowId)}`);
-    print(`Files:  ${process.env.MARE_WORKSPACE_DIR ?? '.mare/workspaces'}/${taskId}/`);
+    print(`Files:  ${path.join(workspaceRootFromEnv(), taskId)}`);
     await connection.close();
     if (opts.keep) {
       print('The stack keeps running so you can browse the run. Press Ctrl-C to stop.');

@@ -105,6 +105,25 @@ export function scheduledActivities(events: temporal.api.history.v1.IHistoryEven
   return events.flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
 }
 
+/** Decoded JSON payloads of an activity type's inputs (scheduled) or results (completed), in order. */
+export function activityPayloads(events: temporal.api.history.v1.IHistoryEvent[], activityType: string, which: 'input' | 'result'): string[] {
+  const scheduledIds = new Set(
+    events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === activityType).map((e) => String(e.eventId)),
+  );
+  const decode = (p: temporal.api.common.v1.IPayloads | null | undefined): string => (p?.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString()).join('\n');
+  return which === 'input'
+    ? events.filter((e) => scheduledIds.has(String(e.eventId))).map((e) => decode(e.activityTaskScheduledEventAttributes?.input))
+    : events
+        .filter((e) => scheduledIds.has(String(e.activityTaskCompletedEventAttributes?.scheduledEventId)))
+        .map((e) => decode(e.activityTaskCompletedEventAttributes?.result));
+}
+
+/** Every payload in a history, decoded, for "this content never entered history" assertions. */
+export function allPayloadText(events: temporal.api.history.v1.IHistoryEvent[]): string {
+  // protobufjs's toJSON has already turned payload bytes into base64 by the time the replacer sees them
+  return JSON.stringify(events, (k, v: unknown) => (k === 'data' && typeof v === 'string' ? Buffer.from(v, 'base64').toString() : v));
+}
+
 /** A plan reply for the scripted planner. */
 export function planReply(subtasks: unknown[]): { match: { purpose: 'plan' }; reply: { text: string } } {
   return { match: { purpose: 'plan' }, reply: { text: JSON.stringify({ subtasks }) } };

@@ -2,7 +2,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { InvalidTaskRequestError } from '../client/client';
 import { taskWorkflowId } from '../schemas';
-import { createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
+import { activityPayloads, allPayloadText, createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
 
@@ -126,8 +126,11 @@ test('a tool the role does not permit never becomes an activity; the model gets 
   expect(scheduledActivities(events)).not.toContain('workspace.write');
   expect(scheduledActivities(events)).toContain('recordToolDenied');
   // the second model call saw the denial as a tool error
-  const modelInputs = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'callModel');
-  expect(JSON.stringify(modelInputs[1]?.activityTaskScheduledEventAttributes?.input)).toBeTruthy();
+  const modelInputs = activityPayloads(events, 'callModel', 'input');
+  expect(modelInputs).toHaveLength(2);
+  expect(modelInputs[1]).toContain('"role":"tool"');
+  expect(modelInputs[1]).toContain('Permission denied: role \\"reviewer\\" may not use tool \\"workspace.write\\".');
+  expect(modelInputs[1]).toContain('"isError":true');
   expect(existsSync(ws('denied', 'doc.md'))).toBe(false);
   const { rows } = await stack.pool.query(`SELECT tool, status FROM tool_calls WHERE task_id = 'denied'`);
   expect(rows).toEqual([{ tool: 'workspace.write', status: 'denied' }]);
@@ -154,7 +157,7 @@ test('verification fails once, the subtask retries with the feedback, then passe
   expect(rows).toEqual([{ attempt: 1, passed: false }, { attempt: 2, passed: true }]);
   // the second attempt's prompt carried the verifier's feedback
   const events = await historyOf(stack, `${taskWorkflowId('retry-once')}--note`);
-  const inputs = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'callModel').map((e) => Buffer.from(e.activityTaskScheduledEventAttributes?.input?.payloads?.[0]?.data ?? []).toString());
+  const inputs = activityPayloads(events, 'callModel', 'input');
   expect(inputs[0]).not.toContain('Feedback on your previous attempt');
   expect(inputs[2]).toContain('Feedback on your previous attempt');
   expect(inputs[2]).toContain('\\"DONE\\" not found in note.md');
@@ -233,6 +236,87 @@ test('cancellation mid-run rolls back what was done', async () => {
   expect(existsSync(ws('cancel-me', 'y.md'))).toBe(false);
   const { rows } = await stack.pool.query(`SELECT subtask_id, ok FROM compensations WHERE task_id = 'cancel-me' ORDER BY seq`);
   expect(rows).toEqual([{ subtask_id: 'slow', ok: true }, { subtask_id: 'write', ok: true }]);
+});
+
+test('a model that calls tools forever hits BudgetExceeded at the iteration limit and the rollback runs', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([{ id: 'loop', title: 'Loop', instructions: 'keep writing', role: 'writer' }]),
+      { match: { purpose: 'act' }, reply: toolCall('workspace.write', { path: 'loop.md', content: 'again' }) },
+    ],
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'budget', goal: 'never stop' });
+    return stack.client.result('budget');
+  });
+  expect(result.status).toBe('COMPENSATED');
+  expect(result.error).toContain('BudgetExceeded: no final answer after 8 model calls');
+  expect(existsSync(ws('budget', 'loop.md'))).toBe(false);
+  const events = await historyOf(stack, `${taskWorkflowId('budget')}--loop`);
+  expect(scheduledActivities(events).filter((a) => a === 'callModel')).toHaveLength(8);
+  const failure = events.find((e) => e.workflowExecutionFailedEventAttributes)?.workflowExecutionFailedEventAttributes?.failure;
+  expect(failure?.applicationFailureInfo?.type).toBe('BudgetExceeded');
+  expect(failure?.applicationFailureInfo?.nonRetryable).toBe(true);
+  const { rows } = await stack.pool.query(`SELECT count(*)::int AS n, bool_and(ok) AS ok FROM compensations WHERE task_id = 'budget'`);
+  expect(rows[0]).toEqual({ n: 8, ok: true });
+});
+
+test('an unknown role falls back to the generalist, records why, and every judged criterion is scored and counted', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([
+        {
+          id: 'poem',
+          title: 'Poem',
+          instructions: 'write a poem',
+          role: 'poet',
+          acceptanceCriteria: [
+            { kind: 'judged', rubric: 'it rhymes' },
+            { kind: 'judged', rubric: 'it scans' },
+          ],
+        },
+      ]),
+      { match: { purpose: 'act' }, reply: { text: 'Roses are red' } },
+      { match: { purpose: 'judge' }, reply: { text: '{"score": 0.8, "rationale": "fine"}' } },
+    ],
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'poet', goal: 'a poem' });
+    return stack.client.result('poet');
+  });
+  expect(result.status).toBe('COMPLETED');
+  expect(result.subtasks[0]).toMatchObject({ role: 'generalist', roleVersion: '1.0.0', roleFallbackReason: 'role "poet" does not exist; using "generalist"' });
+  const { rows: audit } = await stack.pool.query(`SELECT data FROM audit_events WHERE task_id = 'poet' AND kind = 'role.fallback'`);
+  expect(audit).toEqual([{ data: { subtaskId: 'poem', requested: 'poet', reason: 'role "poet" does not exist; using "generalist"' } }]);
+  const { rows: judged } = await stack.pool.query(`SELECT count(*)::int AS n FROM model_calls WHERE task_id = 'poet' AND purpose = 'judge'`);
+  expect(judged[0].n).toBe(2);
+  const { rows: tokens } = await stack.pool.query(`SELECT sum(input_tokens)::int AS n FROM model_calls WHERE task_id = 'poet'`);
+  expect(tokens[0].n).toBe(result.usage.inputTokens);
+  const { rows: evidence } = await stack.pool.query<{ body: { results: { score: number; passed: boolean }[] } }>(`SELECT body FROM evidence WHERE task_id = 'poet'`);
+  expect(evidence[0]?.body.results.map((r) => [r.score, r.passed])).toEqual([[0.8, true], [0.8, true]]);
+});
+
+test('large file content written by the model is stored in PostgreSQL, not in workflow history', async () => {
+  const big = `# Big\n${'All work and no play. '.repeat(2_000)}`;
+  const script: ScriptInput = {
+    rules: [
+      planReply([{ id: 'big', title: 'Big', instructions: 'write big.md', role: 'writer', acceptanceCriteria: [{ kind: 'file_contains', path: 'big.md', text: 'no play' }] }]),
+      { match: { purpose: 'act', turn: 0 }, reply: toolCall('workspace.write', { path: 'big.md', content: big }) },
+      { match: { purpose: 'act', turn: 1 }, reply: toolCall('workspace.read', { path: 'big.md' }) },
+      { match: { purpose: 'act' }, reply: { text: 'done' } },
+    ],
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'big', goal: 'a big file' });
+    return stack.client.result('big');
+  });
+  expect(result.status).toBe('COMPLETED');
+  expect(readFileSync(ws('big', 'big.md'), 'utf8')).toBe(big);
+  const history = allPayloadText(await historyOf(stack, `${taskWorkflowId('big')}--big`));
+  expect(history).toContain('$blob');
+  expect(history).not.toContain('All work and no play. '.repeat(300));
+  const { rows } = await stack.pool.query(`SELECT size FROM blobs WHERE content = $1`, [big]);
+  expect(rows).toEqual([{ size: big.length }]);
 });
 
 test('a malformed TaskRequest is refused with a clear error and starts nothing', async () => {

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createActivities, type ActivityDeps } from '../activities';
 import { createModelClient, modelConfigFromEnv } from '../activities/model';
+import { migrate } from '../db/migrate';
 import { TASK_QUEUE } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
 
@@ -52,12 +53,15 @@ export function installRuntime(logger: Logger, metricsBind = process.env.MARE_ME
 
 /**
  * `mare worker`: connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS and
- * API-key variables), uses DATABASE_URL, and runs until SIGINT/SIGTERM.
+ * API-key variables), migrates the database at DATABASE_URL, and runs until SIGINT/SIGTERM.
  */
 export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string } = {}): Promise<void> {
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('DATABASE_URL is not set: the worker needs PostgreSQL (`mare dev` sets it for you)');
   installRuntime(logger);
+  // Idempotent and under an advisory lock, so several workers starting at once are fine.
+  const applied = await migrate(databaseUrl);
+  if (applied.length) logger.info({ applied }, 'database migrated');
   const { connectionOptions, namespace } = loadClientConnectConfig();
   const model = createModelClient(modelConfigFromEnv());
   const pool = new Pool({ connectionString: databaseUrl, max: 10 });
