@@ -42,16 +42,7 @@ export async function createTestStack(): Promise<TestStack> {
   const env = await TestWorkflowEnvironment.createLocal({
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: Object.values(SEARCH_ATTRIBUTES) },
   });
-  const dbName = `mare_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
-  const admin = new PgClient({ connectionString: ADMIN_DATABASE_URL });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${dbName}`);
-  await admin.end();
-  const url = new URL(ADMIN_DATABASE_URL);
-  url.pathname = `/${dbName}`;
-  const databaseUrl = url.toString();
-  await migrate(databaseUrl);
-  const pool = new Pool({ connectionString: databaseUrl, max: 10 });
+  const { pool, databaseUrl, drop } = await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'mare-test-'));
   const workspaceRoot = path.join(dir, 'workspaces');
   const bundle = { code: readFileSync(BUNDLE_PATH, 'utf8') };
@@ -83,13 +74,37 @@ export async function createTestStack(): Promise<TestStack> {
       return worker.runUntil(fn(worker));
     },
     async teardown() {
-      await pool.end();
       await env.teardown();
+      await drop();
       rmSync(dir, { recursive: true, force: true });
-      const cleanup = new PgClient({ connectionString: ADMIN_DATABASE_URL });
-      await cleanup.connect();
-      await cleanup.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-      await cleanup.end();
+    },
+  };
+}
+
+/** A fresh, migrated database of its own on the test PostgreSQL server; `drop` removes it. */
+export async function createTestDatabase(): Promise<{ pool: Pool; databaseUrl: string; drop(): Promise<void> }> {
+  const dbName = `mare_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
+  const admin = async (sql: string): Promise<void> => {
+    const client = new PgClient({ connectionString: ADMIN_DATABASE_URL });
+    await client.connect();
+    try {
+      await client.query(sql);
+    } finally {
+      await client.end();
+    }
+  };
+  await admin(`CREATE DATABASE ${dbName}`);
+  const url = new URL(ADMIN_DATABASE_URL);
+  url.pathname = `/${dbName}`;
+  const databaseUrl = url.toString();
+  await migrate(databaseUrl);
+  const pool = new Pool({ connectionString: databaseUrl, max: 10 });
+  return {
+    pool,
+    databaseUrl,
+    async drop() {
+      await pool.end();
+      await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
     },
   };
 }

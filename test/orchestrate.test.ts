@@ -1,6 +1,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
-import { InvalidTaskRequestError } from '../client/client';
+import { InvalidTaskRequestError, TaskNotFoundError } from '../client/client';
+import type { TaskProgress } from '../schemas';
 import { taskWorkflowId } from '../schemas';
 import { activityPayloads, allPayloadText, createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
@@ -58,6 +59,9 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   const { rows: modelCalls } = await stack.pool.query(`SELECT purpose, count(*)::int AS n, sum(input_tokens)::int AS tokens FROM model_calls WHERE task_id = 'happy' GROUP BY purpose ORDER BY purpose`);
   expect(modelCalls.map((r) => [r.purpose, r.n])).toEqual([['act', 7], ['judge', 1], ['plan', 1]]);
   expect(modelCalls.reduce((sum, r) => sum + r.tokens, 0)).toBe(result.usage.inputTokens);
+  // the draft's context carried the outline's output (its dependency)
+  const draftPrompt = activityPayloads(await historyOf(stack, `${taskWorkflowId('happy')}--draft`), 'callModel', 'input')[0];
+  expect(draftPrompt).toContain('# Output of \\"Outline the guide\\" (outline)\\nWrote guide/outline.md with a title and three sections.');
   // the draft received the outline's output as a dependency and ran as its own child workflow
   const child = scheduledActivities(await historyOf(stack, `${taskWorkflowId('happy')}--draft`));
   if (process.env.MARE_RECORD_HISTORIES) await recordHistories('happy');
@@ -317,6 +321,55 @@ test('large file content written by the model is stored in PostgreSQL, not in wo
   expect(history).not.toContain('All work and no play. '.repeat(300));
   const { rows } = await stack.pool.query(`SELECT size FROM blobs WHERE content = $1`, [big]);
   expect(rows).toEqual([{ size: big.length }]);
+});
+
+test('the client watches progress through the plan to the end, then reads the result, the list and the status', async () => {
+  const seen: TaskProgress[] = [];
+  const view = await stack.withWorker({ ...demoScript, delayMs: 300 }, async () => {
+    const { taskId } = await stack.client.submitTask({ taskId: 'watched', goal: 'Write a short guide to durable execution' });
+    for await (const p of stack.client.watchTask(taskId, { intervalMs: 100 })) seen.push(p);
+    return stack.client.getTask(taskId);
+  });
+  expect(seen[0]?.taskId).toBe('watched');
+  expect(seen.some((p) => p.plan?.subtasks.length === 3)).toBe(true);
+  // live detail from the running child: its role is pinned with a version and it reports model calls
+  expect(seen.some((p) => p.subtasks.some((s) => s.state === 'running' && s.role === 'writer@1.0.0' && /model call/.test(s.latestStep)))).toBe(true);
+  const last = seen[seen.length - 1];
+  expect(last?.status).toBe('COMPLETED');
+  expect(last?.subtasks.map((s) => [s.id, s.state, s.attempts])).toEqual([
+    ['outline', 'completed', 1],
+    ['draft', 'completed', 1],
+    ['review', 'completed', 1],
+  ]);
+  expect(view).toMatchObject({ taskId: 'watched', execution: 'COMPLETED', result: { status: 'COMPLETED' } });
+  const listed = await stack.client.listTasks({ limit: 100 });
+  expect(listed.find((t) => t.taskId === 'watched')).toMatchObject({ execution: 'COMPLETED', status: 'COMPLETED' });
+  await expect(stack.client.getTask('no-such-task')).rejects.toThrow(TaskNotFoundError);
+  await expect(stack.client.cancelTask('no-such-task')).rejects.toThrow(TaskNotFoundError);
+});
+
+test('independent subtasks run at most `concurrency` at a time', async () => {
+  const script: ScriptInput = {
+    delayMs: 300,
+    rules: [
+      planReply(['a', 'b', 'c', 'd', 'e'].map((id) => ({ id, title: id, instructions: id, role: 'generalist' }))),
+      { match: { purpose: 'act' }, reply: { text: 'ok' } },
+    ],
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'fanout', goal: 'five things', concurrency: 2 });
+    return stack.client.result('fanout');
+  });
+  expect(result.status).toBe('COMPLETED');
+  // replay the parent's history: at no point were more than two children started and not yet closed
+  const events = await historyOf(stack, taskWorkflowId('fanout'));
+  let open = 0;
+  let peak = 0;
+  for (const e of events) {
+    if (e.startChildWorkflowExecutionInitiatedEventAttributes) peak = Math.max(peak, ++open);
+    if (e.childWorkflowExecutionCompletedEventAttributes || e.childWorkflowExecutionFailedEventAttributes) open--;
+  }
+  expect(peak).toBe(2);
 });
 
 test('a malformed TaskRequest is refused with a clear error and starts nothing', async () => {

@@ -1,0 +1,69 @@
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { TaskResult } from '../schemas';
+import { createTestStack, type ScriptInput, type TestStack } from './helpers';
+
+// The real `mare` command from dist/ (npm test builds it first), against the test Temporal server.
+const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
+
+let stack: TestStack;
+beforeAll(async () => {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first (npm test does)`);
+  stack = await createTestStack();
+});
+afterAll(async () => stack?.teardown());
+
+function mare(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, TEMPORAL_ADDRESS: stack.env.address, TEMPORAL_NAMESPACE: 'default' } }, (err, stdout, stderr) =>
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+test('--help lists every command, and each command has its own help', async () => {
+  const top = await mare('--help');
+  expect(top.code).toBe(0);
+  for (const cmd of ['dev', 'worker', 'run', 'status', 'list', 'cancel', 'demo']) expect(top.stdout).toMatch(new RegExp(`^  ${cmd}\\b`, 'm'));
+  const run = await mare('run', '--help');
+  expect(run.code).toBe(0);
+  for (const opt of ['--id <taskId>', '--concurrency <n>', '--tenant <tenant>', '--wait', '--json']) expect(run.stdout).toContain(opt);
+  expect((await mare('dev', '--help')).stdout).toContain('--ui-port <port>');
+  expect((await mare('worker', '--help')).stdout).toContain('--identity <name>');
+});
+
+test('run --wait --json, run --wait, status, list: a task from submission to result', async () => {
+  await stack.withWorker({ ...demoScript, delayMs: 0 }, async () => {
+    const json = await mare('run', 'Write a short guide to durable execution', '--id', 'cli-json', '--wait', '--json');
+    expect(json.code).toBe(0);
+    const result = JSON.parse(json.stdout) as TaskResult;
+    expect(result).toMatchObject({ taskId: 'cli-json', status: 'COMPLETED' });
+
+    const human = await mare('run', 'Write a short guide to durable execution', '--id', 'cli-text', '--wait');
+    expect(human.code).toBe(0);
+    expect(human.stdout).toContain('Plan (3 subtasks):');
+    expect(human.stdout).toMatch(/review\s+completed/);
+    expect(human.stdout).toContain('Task cli-text: COMPLETED');
+    expect(human.stdout).toContain('Offline model: the "scripted" model');
+  });
+  const status = await mare('status', 'cli-json');
+  expect(status.code).toBe(0);
+  expect(status.stdout).toContain('workflow mare-task-cli-json is COMPLETED');
+  const list = await mare('list', '--json');
+  expect((JSON.parse(list.stdout) as { taskId: string }[]).map((t) => t.taskId)).toEqual(expect.arrayContaining(['cli-json', 'cli-text']));
+});
+
+test('bad input gets a clear error and a non-zero exit, and starts nothing', async () => {
+  const empty = await mare('run', '   ', '--id', 'cli-empty');
+  expect(empty.code).toBe(2);
+  expect(empty.stderr).toContain('goal: goal must not be empty');
+  expect((await mare('status', 'cli-empty')).stderr).toContain('no task with id "cli-empty"');
+  const zero = await mare('run', 'x', '--concurrency', '0');
+  expect(zero.code).not.toBe(0);
+  expect(zero.stderr).toContain("option '--concurrency <n>' argument '0' is invalid. must be a positive integer");
+  const cancel = await mare('cancel', 'nope');
+  expect(cancel.code).toBe(2);
+  expect(cancel.stderr).toContain('no task with id "nope"');
+});
