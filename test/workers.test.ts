@@ -37,6 +37,7 @@ async function startWorkerProcess(identity: string, script: ScriptInput): Promis
   });
   workers.push(child);
   let output = '';
+  let timer: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve, reject) => {
     const onData = (chunk: Buffer): void => {
       output += chunk.toString();
@@ -45,8 +46,8 @@ async function startWorkerProcess(identity: string, script: ScriptInput): Promis
     child.stdout?.on('data', onData);
     child.stderr?.on('data', (c: Buffer) => (output += c.toString()));
     child.once('exit', (code) => reject(new Error(`worker ${identity} exited early (${code}):\n${output}`)));
-    setTimeout(() => reject(new Error(`worker ${identity} did not start:\n${output}`)), 60_000);
-  });
+    timer = setTimeout(() => reject(new Error(`worker ${identity} did not start:\n${output}`)), 60_000);
+  }).finally(() => clearTimeout(timer));
   child.stdout?.resume();
   child.stderr?.resume();
   return child;
