@@ -200,3 +200,56 @@ export function sleep(ms: number): Promise<void> {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/** What `waitUntilReady` needs to know about a server process it is waiting for. */
+export interface ReadinessWait {
+  /** e.g. "PostgreSQL"; used in error messages. */
+  name: string;
+  /** Where it should answer, e.g. "127.0.0.1:54329". */
+  where: string;
+  /** How the process ended, once it has; undefined while it runs. */
+  exitReason(): string | undefined;
+  /** Resolves once the server answers; a StackError from it is final, anything else is retried. */
+  probe(): Promise<void>;
+  stop(): Promise<void>;
+  timeoutMs: number;
+  intervalMs: number;
+  logFile: string;
+  logOffset: number;
+  /** Prefix of the error codes: `<prefix>_START_FAILED` and `<prefix>_START_TIMEOUT`. */
+  codePrefix: string;
+}
+
+/**
+ * Polls a freshly spawned server until it answers. If it exits or does not answer in time, stops
+ * it and throws a StackError carrying the tail of its log.
+ */
+export async function waitUntilReady(w: ReadinessWait): Promise<void> {
+  const deadline = Date.now() + w.timeoutMs;
+  let lastError = 'no attempt finished';
+  for (;;) {
+    const exit = w.exitReason();
+    if (exit !== undefined) {
+      await w.stop();
+      throw new StackError(`${w.name} exited during startup (${exit}). Last lines of ${w.logFile}:\n${tailFile(w.logFile, 30, w.logOffset)}`, `${w.codePrefix}_START_FAILED`);
+    }
+    try {
+      await w.probe();
+      return;
+    } catch (err) {
+      if (err instanceof StackError) {
+        await w.stop();
+        throw err;
+      }
+      lastError = errorMessage(err);
+    }
+    if (Date.now() > deadline) {
+      await w.stop();
+      throw new StackError(
+        `${w.name} did not accept connections on ${w.where} within ${w.timeoutMs}ms (last error: ${lastError}). Last lines of ${w.logFile}:\n${tailFile(w.logFile, 30, w.logOffset)}`,
+        `${w.codePrefix}_START_TIMEOUT`,
+      );
+    }
+    await sleep(w.intervalMs);
+  }
+}

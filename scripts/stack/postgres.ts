@@ -29,6 +29,7 @@ import {
   StackError,
   tailFile,
   waitForPidExit,
+  waitUntilReady,
 } from './datadir';
 
 export { StackError } from './datadir';
@@ -420,33 +421,19 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions = {}):
     return stopping;
   };
 
-  const timeoutMs = opts.startTimeoutMs ?? 60_000;
-  const deadline = Date.now() + timeoutMs;
-  let lastError = 'no attempt finished';
-  for (;;) {
-    if (exited !== undefined) {
-      await stop();
-      const how = exited.error ? errorMessage(exited.error) : `exit code ${String(exited.code)}, signal ${String(exited.signal)}`;
-      throw new StackError(
-        `PostgreSQL exited during startup (${how}). Last lines of ${logFile}:\n${tailFile(logFile, 30, logOffset)}`,
-        'POSTGRES_START_FAILED',
-      );
-    }
-    try {
-      await ping(port, 'postgres');
-      break;
-    } catch (err) {
-      lastError = errorMessage(err);
-    }
-    if (Date.now() > deadline) {
-      await stop();
-      throw new StackError(
-        `PostgreSQL did not accept connections on 127.0.0.1:${port} within ${timeoutMs}ms (last error: ${lastError}). Last lines of ${logFile}:\n${tailFile(logFile, 30, logOffset)}`,
-        'POSTGRES_START_TIMEOUT',
-      );
-    }
-    await sleep(200);
-  }
+  await waitUntilReady({
+    name: 'PostgreSQL',
+    where: `127.0.0.1:${port}`,
+    exitReason: () =>
+      exited && (exited.error ? errorMessage(exited.error) : `exit code ${String(exited.code)}, signal ${String(exited.signal)}`),
+    probe: () => ping(port, 'postgres'),
+    stop,
+    timeoutMs: opts.startTimeoutMs ?? 60_000,
+    intervalMs: 200,
+    logFile,
+    logOffset,
+    codePrefix: 'POSTGRES',
+  });
 
   try {
     await ensureDatabase(port, database);

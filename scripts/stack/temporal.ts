@@ -14,10 +14,10 @@ import {
   isProcessAlive,
   processCommandLine,
   run,
-  sleep,
   StackError,
   tailFile,
   waitForPidExit,
+  waitUntilReady,
 } from './datadir';
 
 import { SearchAttributeType } from '@temporalio/common';
@@ -424,37 +424,20 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     return stopping;
   };
 
-  const timeoutMs = opts.startTimeoutMs ?? 60_000;
-  const deadline = Date.now() + timeoutMs;
-  let lastError = 'no attempt finished';
-  for (;;) {
-    if (exited !== undefined) {
-      await stop();
-      const how = spawnError !== undefined ? errorMessage(spawnError) : `exit code ${String(exited.code)}, signal ${String(exited.signal)}`;
-      throw new StackError(
-        `Temporal dev server exited during startup (${how}). Last lines of ${logFile}:\n${tailFile(logFile, 30, logOffset)}`,
-        'TEMPORAL_START_FAILED',
-      );
-    }
-    try {
-      await checkReady(address, namespace, searchAttributes);
-      break;
-    } catch (err) {
-      if (err instanceof StackError) {
-        await stop();
-        throw err;
-      }
-      lastError = errorMessage(err);
-    }
-    if (Date.now() > deadline) {
-      await stop();
-      throw new StackError(
-        `Temporal dev server did not accept connections on ${address} within ${timeoutMs}ms (last error: ${lastError}). Last lines of ${logFile}:\n${tailFile(logFile, 30, logOffset)}`,
-        'TEMPORAL_START_TIMEOUT',
-      );
-    }
-    await sleep(250);
-  }
+  await waitUntilReady({
+    name: 'Temporal dev server',
+    where: address,
+    exitReason: () =>
+      exited &&
+      (spawnError !== undefined ? errorMessage(spawnError) : `exit code ${String(exited.code)}, signal ${String(exited.signal)}`),
+    probe: () => checkReady(address, namespace, searchAttributes),
+    stop,
+    timeoutMs: opts.startTimeoutMs ?? 60_000,
+    intervalMs: 250,
+    logFile,
+    logOffset,
+    codePrefix: 'TEMPORAL',
+  });
 
   log(`Temporal dev server ready on ${address} (Web UI http://127.0.0.1:${uiPort}, logs ${logFile})`);
   return { address, uiUrl: `http://127.0.0.1:${uiPort}`, namespace, pid: pid ?? -1, logFile, stop };
