@@ -1,5 +1,7 @@
 import { Context } from '@temporalio/activity';
-import type { ModelRequest, ModelResponse } from '../schemas';
+import { ApplicationFailure } from '@temporalio/common';
+import type { Pool } from 'pg';
+import type { ChatMessage, ModelRequest, ModelResponse } from '../schemas';
 import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
@@ -18,7 +20,7 @@ export async function callModelWithHeartbeat(
   callIndex = 0,
 ): Promise<ModelResponse> {
   const ctx = Context.current();
-  const messages = await expandMessages(pool, req.messages);
+  const messages = await expandMessages(pool, req.transcript ? await appendTranscript(pool, req.transcript, req.messages) : req.messages);
   const timer = setInterval(() => ctx.heartbeat(), HEARTBEAT_EVERY_MS);
   let response: ModelResponse;
   try {
@@ -34,6 +36,30 @@ export async function callModelWithHeartbeat(
     [`${activityKey()}:${callIndex}`, req.meta.taskId, req.meta.subtaskId ?? null, req.purpose, response.model, response.offline, response.usage.inputTokens, response.usage.outputTokens],
   );
   return response;
+}
+
+/**
+ * Stores the new messages of a transcript at their positions (a retry writes the same rows, so it
+ * is a no-op) and returns the transcript up to and including them.
+ */
+async function appendTranscript(pool: Pool, transcript: { id: string; offset: number }, added: ChatMessage[]): Promise<ChatMessage[]> {
+  for (const [i, message] of added.entries()) {
+    await pool.query(
+      'INSERT INTO transcript_messages (transcript_id, seq, message) VALUES ($1, $2, $3) ON CONFLICT (transcript_id, seq) DO NOTHING',
+      [transcript.id, transcript.offset + i, JSON.stringify(message)],
+    );
+  }
+  const { rows } = await pool.query<{ message: ChatMessage }>(
+    'SELECT message FROM transcript_messages WHERE transcript_id = $1 AND seq < $2 ORDER BY seq',
+    [transcript.id, transcript.offset + added.length],
+  );
+  if (rows.length !== transcript.offset + added.length) {
+    throw ApplicationFailure.nonRetryable(
+      `transcript ${transcript.id} has ${rows.length} messages, expected ${transcript.offset + added.length}`,
+      'TranscriptIncomplete',
+    );
+  }
+  return rows.map((r) => r.message);
 }
 
 /** The agent loop's model call. Long tool-call arguments (file contents) go back to history as blob references. */

@@ -20,7 +20,13 @@ export interface ModelCallMeta {
 
 export interface ModelRequest {
   purpose: ModelPurpose;
+  /** The whole conversation, or with `transcript` only the messages from `transcript.offset` on. */
   messages: ChatMessage[];
+  /**
+   * A transcript stored in PostgreSQL: `messages` are appended at `offset` and the activity reads
+   * the earlier ones back, so workflow history carries each message once.
+   */
+  transcript?: { id: string; offset: number };
   /** Names of tools offered to the model; specs are resolved from the catalog in the activity. */
   tools: string[];
   meta: ModelCallMeta;

@@ -59,8 +59,17 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   const { rows: modelCalls } = await stack.pool.query(`SELECT purpose, count(*)::int AS n, sum(input_tokens)::int AS tokens FROM model_calls WHERE task_id = 'happy' GROUP BY purpose ORDER BY purpose`);
   expect(modelCalls.map((r) => [r.purpose, r.n])).toEqual([['act', 7], ['judge', 1], ['plan', 1]]);
   expect(modelCalls.reduce((sum, r) => sum + r.tokens, 0)).toBe(result.usage.inputTokens);
+  // the transcript is in PostgreSQL, and history carries each message once: later calls send only what is new
+  const { rows: transcript } = await stack.pool.query(`SELECT message->>'role' AS role FROM transcript_messages WHERE transcript_id = $1 ORDER BY seq`, [
+    `${taskWorkflowId('happy')}--draft/a1`,
+  ]);
+  expect(transcript.map((r) => r.role)).toEqual(['system', 'system', 'user', 'assistant', 'tool', 'assistant', 'tool']);
+  const draftInputs = activityPayloads(await historyOf(stack, `${taskWorkflowId('happy')}--draft`), 'callModel', 'input');
+  expect(draftInputs[0]).toContain('You are an agent embodied by MARE');
+  expect(draftInputs[1]).not.toContain('You are an agent embodied by MARE');
+  expect(draftInputs[1]).toContain('"transcript":{"id":"mare-task-happy--draft/a1","offset":3}');
   // the draft's context carried the outline's output (its dependency)
-  const draftPrompt = activityPayloads(await historyOf(stack, `${taskWorkflowId('happy')}--draft`), 'callModel', 'input')[0];
+  const draftPrompt = draftInputs[0];
   expect(draftPrompt).toContain('# Output of \\"Outline the guide\\" (outline)\\nWrote guide/outline.md with a title and three sections.');
   // the draft received the outline's output as a dependency and ran as its own child workflow
   const child = scheduledActivities(await historyOf(stack, `${taskWorkflowId('happy')}--draft`));

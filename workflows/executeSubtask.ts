@@ -111,14 +111,19 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
 
   /** Model → tool calls → model … until a final answer or the role's iteration budget runs out. */
   async function agentLoop(role: RoleProfile, messages: ChatMessage[], attempt: number): Promise<string> {
+    // The transcript lives in PostgreSQL; each call sends only the messages added since the last one.
+    const transcriptId = `${workflowInfo().workflowId}/a${attempt}`;
+    let sent = 0;
     for (let iteration = 1; iteration <= role.maxIterations; iteration++) {
       progress.latestStep = `attempt ${attempt}: model call ${iteration}`;
       const response = await models.callModel({
         purpose: 'act',
-        messages,
+        messages: messages.slice(sent),
+        transcript: { id: transcriptId, offset: sent },
         tools: role.tools,
         meta: { taskId, subtaskId: subtask.id, role: role.name, attempt },
       });
+      sent = messages.length;
       result.usage = addUsage(result.usage, response.usage);
       addModel(response.model);
       if (response.kind === 'final') return response.text;
