@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from 'commander';
-import { MareClient, InvalidTaskRequestError, TaskNotFoundError } from './client';
+import { MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError } from './client';
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
 import { runDemo } from './demo';
@@ -22,10 +22,10 @@ function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...arg
     try {
       await fn(...args);
     } catch (err) {
-      const known = err instanceof InvalidTaskRequestError || err instanceof TaskNotFoundError;
+      const known = err instanceof InvalidTaskRequestError || err instanceof TaskNotFoundError || err instanceof TemporalUnavailableError;
       process.stderr.write(`mare: ${err instanceof Error ? err.message : String(err)}\n`);
       if (!known && process.env.MARE_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
-      process.exitCode = known ? 2 : 1;
+      process.exitCode = known && !(err instanceof TemporalUnavailableError) ? 2 : 1;
     }
   };
 }

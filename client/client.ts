@@ -18,6 +18,19 @@ export class InvalidTaskRequestError extends Error {
   }
 }
 
+/** The Temporal server could not be reached. */
+export class TemporalUnavailableError extends Error {
+  override readonly name = 'TemporalUnavailableError';
+  constructor(
+    readonly address: string,
+    cause: unknown,
+  ) {
+    super(
+      `cannot reach Temporal at ${address} (${cause instanceof Error ? cause.message : String(cause)}): start a local stack with \`mare dev\`, or set TEMPORAL_ADDRESS`,
+    );
+  }
+}
+
 /** No task with that id. */
 export class TaskNotFoundError extends Error {
   override readonly name = 'TaskNotFoundError';
@@ -53,8 +66,12 @@ export class MareClient {
   /** Connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key). */
   static async connect(): Promise<MareClient> {
     const { connectionOptions, namespace } = loadClientConnectConfig();
-    const connection = await Connection.connect(connectionOptions);
-    return new MareClient(new Client({ connection, namespace }));
+    try {
+      const connection = await Connection.connect(connectionOptions);
+      return new MareClient(new Client({ connection, namespace }));
+    } catch (err) {
+      throw new TemporalUnavailableError(connectionOptions.address ?? 'localhost:7233', err);
+    }
   }
 
   /** Closes the underlying connection. */

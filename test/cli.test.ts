@@ -63,6 +63,14 @@ test('bad input gets a clear error and a non-zero exit, and starts nothing', asy
   const zero = await mare('run', 'x', '--concurrency', '0');
   expect(zero.code).not.toBe(0);
   expect(zero.stderr).toContain("option '--concurrency <n>' argument '0' is invalid. must be a positive integer");
+  const unreachable = await new Promise<{ code: number; stderr: string }>((resolve) =>
+    execFile(process.execPath, [CLI, 'list'], { env: { ...process.env, TEMPORAL_ADDRESS: '127.0.0.1:1' } }, (err, _out, stderr) =>
+      resolve({ code: err ? Number(err.code) : 0, stderr }),
+    ),
+  );
+  expect(unreachable.code).toBe(1);
+  expect(unreachable.stderr).toContain('cannot reach Temporal at 127.0.0.1:1');
+  expect(unreachable.stderr).toContain('start a local stack with `mare dev`, or set TEMPORAL_ADDRESS');
   const cancel = await mare('cancel', 'nope');
   expect(cancel.code).toBe(2);
   expect(cancel.stderr).toContain('no task with id "nope"');
