@@ -31,7 +31,7 @@ function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...arg
 }
 
 const program = new Command('mare')
-  .description('MARE: durable orchestration of LLM agents on Temporal.\nClient commands connect with TEMPORAL_ADDRESS (default 127.0.0.1:7233) and TEMPORAL_NAMESPACE (default "default").')
+  .description('MARE: durable orchestration of LLM agents on Temporal.\nClient commands connect with TEMPORAL_ADDRESS (default localhost:7233) and TEMPORAL_NAMESPACE (default "default").')
   .showHelpAfterError();
 
 program
