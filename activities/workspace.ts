@@ -1,6 +1,7 @@
 import { mkdir, readFile, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
 import {
   TOOL_OUTPUT_HISTORY_LIMIT,
@@ -144,7 +145,11 @@ export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps)
       if (!snap) {
         detail = 'nothing to undo: the write never ran';
       } else {
-        const target = await resolveInWorkspace(taskWorkspace(workspaceRoot, step.taskId), snap.path);
+        // A path that now leaves the workspace (say, a directory swapped for a symlink) is never followed;
+        // retrying cannot help, so the undo fails at once and the task reports it.
+        const target = await resolveInWorkspace(taskWorkspace(workspaceRoot, step.taskId), snap.path).catch((err: unknown) => {
+          throw err instanceof WorkspacePathError ? ApplicationFailure.nonRetryable(`undo refused: ${err.message}`, 'UndoRefused') : err;
+        });
         if (snap.existed) {
           await writeFile(target, snap.content ?? '', 'utf8');
           detail = `restored previous content of ${snap.path}`;

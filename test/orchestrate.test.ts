@@ -104,6 +104,8 @@ test.each([
     { id: 'b', title: 'B', instructions: 'b', role: 'writer', dependsOn: ['a'] },
   ] }), 'cycle: a -> b -> a'],
   ['an unknown dependency', JSON.stringify({ subtasks: [{ id: 'a', title: 'A', instructions: 'a', role: 'writer', dependsOn: ['zz'] }] }), 'unknown subtask "zz"'],
+  ['a schema violation', JSON.stringify({ subtasks: [{ id: 'a', title: 'A', role: 'writer' }] }), 'schema at subtasks.0.instructions'],
+  ['too many subtasks', JSON.stringify({ subtasks: Array.from({ length: 13 }, (_, i) => ({ id: `s${i}`, title: 'S', instructions: 's', role: 'writer' })) }), 'more than the limit of 12'],
 ])('a plan with %s falls back to one atomic subtask and records why', async (_name, planText, reason) => {
   const taskId = `fallback-${_name.replace(/\W+/g, '-')}`;
   const result = await stack.withWorker(
@@ -215,6 +217,44 @@ test('verification fails twice: the task is COMPENSATED and files are restored i
     'deleted b.md, which the write had created',
     'restored previous content of a.md',
   ]);
+});
+
+test('an undo step that fails leaves the task FAILED with the failed step listed, and the other undo steps still run', async () => {
+  const script: ScriptInput = {
+    delayMs: 300,
+    rules: [
+      planReply([{ id: 'w', title: 'W', instructions: 'write', role: 'writer', acceptanceCriteria: [{ kind: 'file_contains', path: 'keep.md', text: 'IMPOSSIBLE' }] }]),
+      { match: { purpose: 'act', attempt: 1, turn: 0 }, reply: toolCall('workspace.write', { path: 'sub/a.md', content: 'a' }) },
+      { match: { purpose: 'act', attempt: 1, turn: 1 }, reply: toolCall('workspace.write', { path: 'keep.md', content: 'k' }) },
+      { match: { purpose: 'act' }, reply: { text: 'done' } },
+    ],
+  };
+  const { mkdirSync, renameSync, symlinkSync } = await import('node:fs');
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'undo-fails', goal: 'write two files' });
+    for (let i = 0; i < 100 && !existsSync(ws('undo-fails', 'keep.md')); i++) await new Promise((r) => setTimeout(r, 50));
+    // someone swaps the directory for a symlink out of the workspace: its undo must not follow it
+    const outside = path.join(stack.dir, 'outside');
+    mkdirSync(outside, { recursive: true });
+    renameSync(ws('undo-fails', 'sub'), path.join(stack.dir, 'moved-sub'));
+    symlinkSync(outside, ws('undo-fails', 'sub'));
+    return stack.client.result('undo-fails');
+  });
+  expect(result.status).toBe('FAILED');
+  expect(result.compensations.map((c) => [c.step.args.path, c.ok])).toEqual([
+    ['keep.md', true],
+    ['sub/a.md', false],
+  ]);
+  expect(result.compensations[1]?.detail).toContain('undo refused: path "sub/a.md" leaves the workspace through a symlink');
+  expect(existsSync(ws('undo-fails', 'keep.md'))).toBe(false);
+  const { rows } = await stack.pool.query(`SELECT ok FROM compensations WHERE task_id = 'undo-fails' ORDER BY seq`);
+  expect(rows).toEqual([{ ok: true }, { ok: false }]);
+  // the refused undo failed once, without retries
+  const events = await historyOf(stack, taskWorkflowId('undo-fails'));
+  const failedUndo = events.filter((e) => e.activityTaskFailedEventAttributes);
+  expect(failedUndo.map((e) => e.activityTaskFailedEventAttributes?.failure?.applicationFailureInfo?.type)).toEqual(['UndoRefused']);
+  const started = events.find((e) => String(e.eventId) === String(failedUndo[0]?.activityTaskFailedEventAttributes?.startedEventId));
+  expect(started?.activityTaskStartedEventAttributes?.attempt).toBe(1);
 });
 
 test('cancellation mid-run rolls back what was done', async () => {
