@@ -9,6 +9,7 @@ import { resolveInWorkspace, taskWorkspace } from './workspace';
 
 const Judgement = z.object({ score: z.number().min(0).max(1), rationale: z.string().default('') });
 
+/** Input of the verify activity: what to check, against which output and threshold. */
 export interface VerifyInput {
   taskId: string;
   subtaskId: string;

@@ -135,7 +135,7 @@ export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps)
 
     /** Carries out one undo step; running it twice has the effect of running it once. */
     async compensate(step: UndoStep): Promise<string> {
-      if (step.tool !== 'workspace.write') throw new Error(`no undo is known for tool ${step.tool}`);
+      if (step.tool !== 'workspace.write') throw ApplicationFailure.nonRetryable(`no undo is known for tool ${step.tool}`, 'NoUndoKnown');
       const { rows } = await pool.query<{ path: string; existed: boolean; content: string | null }>(
         'SELECT path, existed, content FROM workspace_snapshots WHERE call_key = $1',
         [step.callKey],

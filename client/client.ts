@@ -39,6 +39,7 @@ export class TaskNotFoundError extends Error {
   }
 }
 
+/** A task as `getTask` sees it. */
 export interface TaskView {
   taskId: string;
   workflowId: string;
@@ -48,6 +49,7 @@ export interface TaskView {
   result?: TaskResult;
 }
 
+/** One row of `listTasks`. */
 export interface TaskSummary {
   taskId: string;
   workflowId: string;

@@ -11,6 +11,7 @@ export type ChatMessage =
   | { role: 'assistant'; content: string; toolCalls?: ToolCall[] }
   | { role: 'tool'; toolCallId: string; toolName: string; content: string; isError: boolean };
 
+/** Who is calling a model, for records and for the scripted model's matching. */
 export interface ModelCallMeta {
   taskId: string;
   subtaskId?: string;
@@ -18,6 +19,7 @@ export interface ModelCallMeta {
   attempt?: number;
 }
 
+/** Input of a model call. */
 export interface ModelRequest {
   purpose: ModelPurpose;
   /** The whole conversation, or with `transcript` only the messages from `transcript.offset` on. */
@@ -32,6 +34,7 @@ export interface ModelRequest {
   meta: ModelCallMeta;
 }
 
+/** Tokens spent, in and out. */
 export const TokenUsage = z.object({ inputTokens: z.number().int().min(0), outputTokens: z.number().int().min(0) });
 export type TokenUsage = z.infer<typeof TokenUsage>;
 

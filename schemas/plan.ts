@@ -16,6 +16,7 @@ export const Subtask = z.strictObject({
 });
 export type Subtask = z.infer<typeof Subtask>;
 
+/** A plan: the subtasks of a task, forming a DAG through `dependsOn`. */
 export const Plan = z.strictObject({ subtasks: z.array(Subtask).min(1) });
 export type Plan = z.infer<typeof Plan>;
 

@@ -39,6 +39,7 @@ export interface SubtaskInput {
   dependencies: DependencyOutput[];
 }
 
+/** What one embodiment produced: output, verification, usage, and the undo steps it registered. */
 export interface SubtaskResult {
   id: string;
   role: string;
@@ -58,6 +59,7 @@ export interface SubtaskResult {
   error?: string;
 }
 
+/** One subtask's line in the progress of a task. */
 export interface SubtaskProgress {
   id: string;
   title: string;

@@ -25,6 +25,7 @@ export interface ToolCallContext {
   callKey: string;
 }
 
+/** Arguments of the built-in workspace tools. */
 export const WorkspaceReadArgs = z.strictObject({ path: WorkspacePath });
 export const WorkspaceWriteArgs = z.strictObject({ path: WorkspacePath, content: z.string().max(1_000_000) });
 export const WorkspaceListArgs = z.strictObject({ path: WorkspacePath.optional() });

@@ -10,6 +10,7 @@ export const SYSTEM_LAYER = [
 /** Dependency outputs beyond this many characters are cut, and marked as cut. */
 export const DEPENDENCY_OUTPUT_LIMIT = 4_000;
 
+/** What the injection layers are built from. */
 export interface InjectionInput {
   role: RoleProfile;
   goal: string;
