@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { addUsage, describeCriterion, extractJsonObject, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
 import type { ActivityDeps } from './deps';
-import { activityKey, canonicalJson, sha256 } from './idempotency';
+import { canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 import { audit } from './store';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
@@ -109,7 +109,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
          ON CONFLICT (evidence_id) DO NOTHING`,
         [evidenceId, input.taskId, input.subtaskId, input.attempt, passed, score, JSON.stringify(evidence)],
       );
-      await audit(pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId }, activityKey());
+      await audit(pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId });
       return { passed, score, threshold: input.threshold, feedback, evidenceId, results, usage: spend.usage, models: [...spend.models] };
     },
   };

@@ -71,7 +71,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     }));
 
     // 2. Execute the DAG.
-    for await (const settled of runPlan(plan, req)) {
+    for await (const settled of runPlan()) {
       if (settled.ok) finished.push(settled.result);
       else failed.push(settled);
     }
@@ -118,7 +118,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
    * Starts each subtask as soon as its dependencies are done, at most `concurrency` at a time, and
    * yields each outcome. After the first failure nothing new starts and running siblings are cancelled.
    */
-  async function* runPlan(plan: Plan, req: TaskRequest): AsyncGenerator<Settled> {
+  async function* runPlan(): AsyncGenerator<Settled> {
     const outputs = new Map<string, SubtaskResult>();
     const waiting = new Set(plan.subtasks.map((s) => s.id));
     const running = new Map<string, Promise<Settled>>();
