@@ -30,6 +30,8 @@ export const ModelScript = z.strictObject({
   name: z.string().default('script'),
   /** Simulated latency per call, to exercise heartbeats and crashes mid-call. */
   delayMs: z.number().int().min(0).default(0),
+  /** Each call's delay is drawn uniformly from delayMs ± delayJitterMs (the median stays delayMs). */
+  delayJitterMs: z.number().int().min(0).default(0),
   rules: z.array(ScriptRule).min(1),
 });
 export type ModelScript = z.infer<typeof ModelScript>;
@@ -93,7 +95,9 @@ export class ScriptedLanguageModel implements LanguageModelV3 {
         `scripted model "${this.script.name}": no rule matches purpose=${meta.purpose} subtask=${meta.subtaskId ?? '-'} role=${meta.role ?? '-'} attempt=${meta.attempt ?? '-'} turn=${turn}`,
       );
     }
-    if (this.script.delayMs > 0) await sleep(this.script.delayMs, options.abortSignal);
+    const { delayMs, delayJitterMs } = this.script;
+    const delay = Math.max(0, delayMs + (delayJitterMs ? Math.round((Math.random() * 2 - 1) * delayJitterMs) : 0));
+    if (delay > 0) await sleep(delay, options.abortSignal);
     if (rule.reply.errorStatus !== undefined) throw new ScriptedHttpError(rule.reply.errorStatus);
 
     const promptChars = JSON.stringify(options.prompt).length;

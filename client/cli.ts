@@ -5,7 +5,7 @@ import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
 import { runDemo } from './demo';
 import { createLogger } from '../workers/logger';
-import { runWorkerFromEnv } from '../workers/worker';
+import { runWorkerFromEnv, writeWorkflowBundle } from '../workers/worker';
 import type { TaskProgress } from '../schemas';
 
 const print = (line = ''): void => void process.stdout.write(`${line}\n`);
@@ -63,6 +63,16 @@ program
   .action(
     action(async (opts: { identity?: string }) => {
       await runWorkerFromEnv(createLogger('mare-worker'), opts);
+    }),
+  );
+
+program
+  .command('bundle')
+  .description('write the workflow bundle to a file, for workers started with MARE_WORKFLOW_BUNDLE=<file> (skips bundling at start)')
+  .argument('<file>', 'where to write the bundle, e.g. dist/workflow-bundle.js')
+  .action(
+    action(async (file: string) => {
+      print(`wrote ${await writeWorkflowBundle(file)}`);
     }),
   );
 

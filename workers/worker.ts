@@ -1,5 +1,6 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Logger } from 'pino';
 import { Pool } from 'pg';
@@ -8,6 +9,7 @@ import { createModelClient, modelConfigFromEnv } from '../activities/model';
 import { migrate } from '../db/migrate';
 import { TASK_QUEUE } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
+import { workerTuningFromEnv, type WorkerTuning } from './tuning';
 
 /** Knobs a deployment may set; everything else comes from the environment. */
 export interface MareWorkerOptions {
@@ -19,6 +21,8 @@ export interface MareWorkerOptions {
   workflowBundle?: WorkerOptions['workflowBundle'];
   identity?: string;
   shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
+  /** Cache, slot and poller sizes (see workers/tuning.ts); unset fields keep the SDK's defaults. */
+  tuning?: WorkerTuning;
 }
 
 /** Creates a worker that runs MARE's workflows and activities on one task queue. */
@@ -30,9 +34,19 @@ export async function createMareWorker(opts: MareWorkerOptions): Promise<Worker>
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
     activities: createActivities(opts.deps),
     ...(opts.identity ? { identity: opts.identity } : {}),
+    ...opts.tuning,
     // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
     shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
   });
+}
+
+/** Bundles MARE's workflows once into `file` (for MARE_WORKFLOW_BUNDLE); returns the absolute path. */
+export async function writeWorkflowBundle(file: string): Promise<string> {
+  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows') });
+  const out = path.resolve(file);
+  mkdirSync(path.dirname(out), { recursive: true });
+  writeFileSync(out, code);
+  return out;
 }
 
 /** The workspace root: MARE_WORKSPACE_DIR, else `<data dir>/workspaces`. */
@@ -54,10 +68,14 @@ export function installRuntime(logger: Logger, metricsBind = process.env.MARE_ME
 /**
  * `mare worker`: connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS and
  * API-key variables), migrates the database at DATABASE_URL, and runs until SIGINT/SIGTERM.
+ * MARE_WORKFLOW_BUNDLE loads a prebuilt workflow bundle (`mare bundle`) instead of bundling at start;
+ * the tuning variables of workers/tuning.ts size caches, slots and pollers.
  */
 export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string } = {}): Promise<void> {
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('DATABASE_URL is not set: the worker needs PostgreSQL (`mare dev` sets it for you)');
+  const tuning = workerTuningFromEnv();
+  const bundlePath = process.env.MARE_WORKFLOW_BUNDLE;
   installRuntime(logger);
   // Idempotent and under an advisory lock, so several workers starting at once are fine.
   const applied = await migrate(databaseUrl);
@@ -71,9 +89,14 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
       connection,
       namespace,
       ...(opts.identity ? { identity: opts.identity } : {}),
+      ...(bundlePath ? { workflowBundle: { codePath: bundlePath } } : {}),
+      tuning,
       deps: { pool, model, workspaceRoot: workspaceRootFromEnv(), logger },
     });
-    logger.info({ taskQueue: TASK_QUEUE, namespace: namespace ?? 'default', model: model.name, offline: model.offline }, 'worker started');
+    logger.info(
+      { taskQueue: TASK_QUEUE, namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
+      'worker started',
+    );
     // worker.run() resolves after SIGINT/SIGTERM (the SDK installs those handlers) and the grace time.
     await worker.run();
   } finally {

@@ -1,0 +1,62 @@
+import { z } from 'zod';
+
+/**
+ * Worker tuning: the knobs `npm run bench` measured, read from the environment. Every field is
+ * optional; an unset one keeps MARE's default (see DEFAULT_TUNING), which is what the README's
+ * performance section was measured with.
+ */
+export const WorkerTuning = z.strictObject({
+  /** Workflows kept in the sticky cache; size it to the number of open workflows (tasks + running subtasks). */
+  maxCachedWorkflows: z.number().int().min(0).optional(),
+  /** Workflow tasks processed at once (capped at maxCachedWorkflows by the SDK). */
+  maxConcurrentWorkflowTaskExecutions: z.number().int().min(2).optional(),
+  /** Activities running at once; model and tool calls mostly wait on I/O. */
+  maxConcurrentActivityTaskExecutions: z.number().int().min(1).optional(),
+  /** Local activities (MARE's bookkeeping steps) running at once. */
+  maxConcurrentLocalActivityExecutions: z.number().int().min(1).optional(),
+  /** Concurrent long polls for workflow tasks. */
+  maxConcurrentWorkflowTaskPolls: z.number().int().min(2).optional(),
+  /** Concurrent long polls for activity tasks. */
+  maxConcurrentActivityTaskPolls: z.number().int().min(1).optional(),
+  /** Share of workflow-task polls on the shared queue (new workflows, e.g. child starts) vs. the sticky queue. */
+  nonStickyToStickyPollRatio: z.number().gt(0).max(1).optional(),
+});
+export type WorkerTuning = z.infer<typeof WorkerTuning>;
+
+/** Which environment variable sets which field. */
+export const TUNING_ENV: Record<keyof WorkerTuning, string> = {
+  maxCachedWorkflows: 'MARE_MAX_CACHED_WORKFLOWS',
+  maxConcurrentWorkflowTaskExecutions: 'MARE_MAX_WORKFLOW_TASKS',
+  maxConcurrentActivityTaskExecutions: 'MARE_MAX_ACTIVITIES',
+  maxConcurrentLocalActivityExecutions: 'MARE_MAX_LOCAL_ACTIVITIES',
+  maxConcurrentWorkflowTaskPolls: 'MARE_WORKFLOW_TASK_POLLERS',
+  maxConcurrentActivityTaskPolls: 'MARE_ACTIVITY_TASK_POLLERS',
+  nonStickyToStickyPollRatio: 'MARE_NON_STICKY_POLL_RATIO',
+};
+
+/** MARE's defaults, chosen from the bench figures (see bench/TUNING.md). */
+export const DEFAULT_TUNING: WorkerTuning = {};
+
+/** Thrown for a tuning variable that is not a valid number; names the variable. */
+export class InvalidTuningError extends Error {
+  override readonly name = 'InvalidTuningError';
+}
+
+/** Reads the tuning variables; unset ones fall back to DEFAULT_TUNING. */
+export function workerTuningFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerTuning {
+  const raw: Record<string, number> = {};
+  for (const [field, name] of Object.entries(TUNING_ENV)) {
+    const value = env[name]?.trim();
+    if (!value) continue;
+    const n = Number(value);
+    if (!Number.isFinite(n)) throw new InvalidTuningError(`${name}="${value}" is not a number`);
+    raw[field] = n;
+  }
+  const parsed = WorkerTuning.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const field = String(issue?.path[0] ?? '') as keyof WorkerTuning;
+    throw new InvalidTuningError(`${TUNING_ENV[field] ?? field}: ${issue?.message ?? 'invalid'}`);
+  }
+  return { ...DEFAULT_TUNING, ...parsed.data };
+}
