@@ -5,7 +5,7 @@ const importPlugin = require('eslint-plugin-import');
 const { builtinModules } = require('node:module');
 
 module.exports = tseslint.config(
-  { ignores: ['dist/', 'node_modules/', '.mare/', 'coverage/', 'eslint.config.js', 'jest.config.js'] },
+  { ignores: ['dist/', 'node_modules/', '.mare/', 'coverage/', 'eslint.config.js', 'jest.config.js', 'jest.faults.config.js'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
