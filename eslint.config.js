@@ -24,7 +24,7 @@ module.exports = tseslint.config(
     },
   },
   {
-    files: ['workflows/**/*.ts'],
+    files: ['workflows/**/*.ts', 'bench/bareWorkflows.ts'],
     rules: {
       'no-restricted-imports': [
         'error',

@@ -1,10 +1,13 @@
 import { createHash } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 
-/** A key stable across retries of the current activity: workflow id + activity id. */
+/**
+ * A key stable across retries of the current activity: workflow id + activity id. Local activities
+ * number their ids separately, so theirs are marked to never collide with a regular activity's.
+ */
 export function activityKey(): string {
   const info = Context.current().info;
-  return `${info.workflowExecution?.workflowId ?? 'standalone'}:${info.activityId}`;
+  return `${info.workflowExecution?.workflowId ?? 'standalone'}:${info.isLocal ? 'local-' : ''}${info.activityId}`;
 }
 
 /** sha256 hex digest. */

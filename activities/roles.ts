@@ -4,7 +4,7 @@ import type { ActivityDeps } from './deps';
 import { audit } from './store';
 
 /** Role profiles from PostgreSQL; the version read here is pinned for the whole embodiment. */
-export function createRoleActivities({ pool }: ActivityDeps) {
+export function createRoleActivities({ pool }: Pick<ActivityDeps, 'pool'>) {
   async function latest(name: string): Promise<RoleProfile | undefined> {
     const { rows } = await pool.query<{ profile: unknown }>(
       `SELECT profile FROM roles WHERE name = $1 ORDER BY string_to_array(version, '.')::int[] DESC LIMIT 1`,

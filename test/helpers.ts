@@ -157,3 +157,15 @@ export function quietRuntime(): void {
     // already installed by an earlier test file in this jest worker
   }
 }
+
+/** Activity types run as local activities (recorded as markers) in a history, in order. */
+export function localActivities(events: temporal.api.history.v1.IHistoryEvent[]): string[] {
+  return events.flatMap((e) => {
+    const m = e.markerRecordedEventAttributes;
+    if (m?.markerName !== 'core_local_activity') return [];
+    const data = m.details?.data?.payloads?.[0]?.data;
+    if (!data) return [];
+    const raw = typeof data === 'string' ? Buffer.from(data, 'base64').toString() : Buffer.from(data).toString();
+    return [(JSON.parse(raw) as { activity_type: string }).activity_type];
+  });
+}

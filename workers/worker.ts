@@ -41,8 +41,8 @@ export async function createMareWorker(opts: MareWorkerOptions): Promise<Worker>
 }
 
 /** Bundles MARE's workflows once into `file` (for MARE_WORKFLOW_BUNDLE); returns the absolute path. */
-export async function writeWorkflowBundle(file: string): Promise<string> {
-  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows') });
+export async function writeWorkflowBundle(file: string, logger?: Parameters<typeof bundleWorkflowCode>[0]['logger']): Promise<string> {
+  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), ...(logger ? { logger } : {}) });
   const out = path.resolve(file);
   mkdirSync(path.dirname(out), { recursive: true });
   writeFileSync(out, code);

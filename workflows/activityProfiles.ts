@@ -1,13 +1,24 @@
-import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, patched, proxyActivities, proxyLocalActivities, type RetryPolicy } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
 
 type Activities = ReturnType<typeof createActivities>;
 
+const STORE_RETRY: RetryPolicy = { initialInterval: '500 ms', maximumInterval: '10 seconds', maximumAttempts: 20 };
+
 /** Bookkeeping in PostgreSQL: quick, idempotent, retried for a while. */
-export const store = proxyActivities<Activities>({
-  startToCloseTimeout: '30 seconds',
-  retry: { initialInterval: '500 ms', maximumInterval: '10 seconds', maximumAttempts: 20 },
-});
+export const store = proxyActivities<Activities>({ startToCloseTimeout: '30 seconds', retry: STORE_RETRY });
+
+/** The same bookkeeping as local activities: no task-queue round trip, no events of its own. */
+const localStore = proxyLocalActivities<Activities>({ startToCloseTimeout: '30 seconds', retry: STORE_RETRY });
+
+/**
+ * The bookkeeping proxy a workflow uses. Runs started by this code use local activities (`npm run
+ * bench` measured fewer state transitions and more tasks/s, see bench/TUNING.md); runs started
+ * before keep the regular activities their histories recorded. Call once, before the first step.
+ */
+export function bookkeeping(): typeof store {
+  return patched('bookkeeping-as-local-activities') ? localStore : store;
+}
 
 /** Model calls: long, heartbeating (a dead worker is noticed in 20 s), backoff for rate limits. */
 export const models = proxyActivities<Activities>({

@@ -11,7 +11,7 @@ import {
   type ToolCall,
   type UndoStep,
 } from '../schemas';
-import { models, store, tools } from './activityProfiles';
+import { bookkeeping, models, tools } from './activityProfiles';
 import { subtaskProgressQuery } from './definitions';
 import { errorMessage } from './errors';
 import { buildAgentContext } from './inject';
@@ -33,6 +33,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     workflowId: workflowInfo().workflowId,
   };
   setHandler(subtaskProgressQuery, () => progress);
+  const store = bookkeeping();
 
   const result: SubtaskResult = {
     id: subtask.id,

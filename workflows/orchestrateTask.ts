@@ -22,7 +22,7 @@ import {
   type TaskResult,
   type UndoStep,
 } from '../schemas';
-import { compensations, models, store } from './activityProfiles';
+import { bookkeeping, compensations, models } from './activityProfiles';
 import { progressQuery } from './definitions';
 import { errorMessage } from './errors';
 import { executeSubtask } from './executeSubtask';
@@ -41,6 +41,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   const req = parsed.data;
   const progress: TaskProgress = { taskId: req.taskId, status: 'RUNNING', phase: 'planning', subtasks: [] };
   setHandler(progressQuery, () => progress);
+  const store = bookkeeping();
   upsertSearchAttributes([
     { key: SEARCH_ATTRIBUTES.status, value: 'RUNNING' },
     { key: SEARCH_ATTRIBUTES.tenant, value: req.tenant },
@@ -92,7 +93,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   if (failure !== undefined || cancelled) {
     progress.phase = 'compensating';
     const stacks = [...finished.map((r) => r.undo), ...failed.map((f) => f.partial?.undo ?? [])];
-    outcomes = await CancellationScope.nonCancellable(() => compensate(req.taskId, stacks));
+    outcomes = await CancellationScope.nonCancellable(() => compensate(store, req.taskId, stacks));
     status = outcomes.every((o) => o.ok) ? 'COMPENSATED' : 'FAILED';
   }
 
@@ -185,7 +186,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
 }
 
 /** Runs the undo stacks newest first and records every outcome; a failed undo never stops the rest. */
-async function compensate(taskId: string, stacks: UndoStep[][]): Promise<CompensationOutcome[]> {
+async function compensate(store: ReturnType<typeof bookkeeping>, taskId: string, stacks: UndoStep[][]): Promise<CompensationOutcome[]> {
   const steps = stacks.flat().reverse();
   const outcomes: CompensationOutcome[] = [];
   for (const step of steps) {

@@ -248,6 +248,8 @@ export interface TemporalDevServerOptions {
   searchAttributes?: Record<string, SearchAttributeTypeName>;
   /** Server log file. Default <dataDir>/temporal.log. */
   logFile?: string;
+  /** SQLite pragmas for the server's database file, e.g. ["journal_mode=wal"]. Default none. */
+  sqlitePragmas?: string[];
   /** How long to wait for the server to accept connections. Default 60s. */
   startTimeoutMs?: number;
   /** Progress messages for a console. */
@@ -371,6 +373,7 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--ui-port', String(uiPort), '--db-filename', dbFile];
   if (namespace !== 'default') args.push('--namespace', namespace);
   for (const [name, type] of Object.entries(searchAttributes)) args.push('--search-attribute', `${name}=${type}`);
+  for (const pragma of opts.sqlitePragmas ?? []) args.push('--sqlite-pragma', pragma);
   // Same as the SDK's test server: skip the startup call home to Temporal's version-check service.
   args.push('--dynamic-config-value', 'frontend.enableServerVersionCheck=false');
 
