@@ -30,7 +30,16 @@ module.exports = tseslint.config(
         'error',
         {
           paths: builtinModules.map((name) => ({ name, message: 'Workflow code runs in a deterministic sandbox: no Node builtins; use an activity.' })),
-          patterns: [{ group: ['node:*'], message: 'Workflow code runs in a deterministic sandbox: no Node builtins; use an activity.' }],
+          patterns: [
+            { group: ['node:*'], message: 'Workflow code runs in a deterministic sandbox: no Node builtins; use an activity.' },
+            {
+              // Every module a workflow imports is initialised again for each run; zod schemas there cost
+              // 27% of the worker's CPU and 40% of its memory in `npm run bench` (bench/TUNING.md).
+              regex: '^zod(/.*)?$|(^|/)schemas(/(index|criteria|plan|role|tools|model|task))?$',
+              allowTypeImports: true,
+              message: 'Workflow code imports only types from zod-built modules: use ../schemas/constants, ../schemas/usage, ../schemas/describe, and validate in an activity.',
+            },
+          ],
         },
       ],
       'no-restricted-globals': [

@@ -1,5 +1,7 @@
+import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
-import type { CompensationOutcome, SubtaskResult, TaskResult } from '../schemas';
+import { z } from 'zod';
+import { TaskRequest, type CompensationOutcome, type SubtaskResult, type TaskResult } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { activityKey, sha256 } from './idempotency';
 
@@ -24,14 +26,33 @@ export async function audit(pool: Pool, taskId: string, kind: string, data: unkn
 
 /** Bookkeeping activities: every write is keyed so a retried activity never writes twice. */
 export function createStoreActivities({ pool }: ActivityDeps) {
+  async function recordTask(input: { taskId: string; workflowId: string; goal: string; tenant: string }): Promise<void> {
+    await pool.query(
+      `INSERT INTO tasks (task_id, workflow_id, goal, tenant, status) VALUES ($1, $2, $3, $4, 'RUNNING')
+       ON CONFLICT (task_id) DO NOTHING`,
+      [input.taskId, input.workflowId, input.goal, input.tenant],
+    );
+    await audit(pool, input.taskId, 'task.started', { goal: input.goal, tenant: input.tenant });
+  }
+
   return {
+    /**
+     * The first step of a task: validates the request (defaults applied) and records the task.
+     * A bad request is a non-retryable InvalidTaskRequest naming each field; nothing is written.
+     */
+    async startTask(input: { request: unknown; workflowId: string }): Promise<TaskRequest> {
+      const parsed = TaskRequest.safeParse(input.request);
+      if (!parsed.success) {
+        throw ApplicationFailure.nonRetryable(`invalid TaskRequest: ${z.prettifyError(parsed.error)}`, 'InvalidTaskRequest');
+      }
+      const req = parsed.data;
+      await recordTask({ taskId: req.taskId, workflowId: input.workflowId, goal: req.goal, tenant: req.tenant });
+      return req;
+    },
+
+    /** Records a task started before the bookkeeping patch (its workflow validated the request). */
     async recordTaskStarted(input: { taskId: string; workflowId: string; goal: string; tenant: string }): Promise<void> {
-      await pool.query(
-        `INSERT INTO tasks (task_id, workflow_id, goal, tenant, status) VALUES ($1, $2, $3, $4, 'RUNNING')
-         ON CONFLICT (task_id) DO NOTHING`,
-        [input.taskId, input.workflowId, input.goal, input.tenant],
-      );
-      await audit(pool, input.taskId, 'task.started', { goal: input.goal, tenant: input.tenant });
+      await recordTask(input);
     },
 
     async recordToolDenied(input: {

@@ -4,6 +4,7 @@
  * memory are per arm.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { MareClient } from '../client/client';
@@ -49,6 +50,8 @@ export async function startArmWorker(
       MARE_WORKFLOW_BUNDLE: env.bundles.mare,
       MARE_BARE_WORKFLOW_BUNDLE: env.bundles.bare,
       MARE_LOG_LEVEL: 'info',
+      // e.g. --cpu-prof --cpu-prof-dir=/tmp/prof to profile the workers of a run
+      ...(process.env.MARE_BENCH_WORKER_NODE_OPTIONS ? { NODE_OPTIONS: process.env.MARE_BENCH_WORKER_NODE_OPTIONS } : {}),
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -80,8 +83,10 @@ async function waitForStart(child: ChildProcess, arm: ArmName): Promise<void> {
     child.once('exit', (code) => reject(new Error(`${arm} worker exited (${code}) before it started:\n${output}`)));
     timer = setTimeout(() => reject(new Error(`${arm} worker did not start within 120 s:\n${output}`)), 120_000);
   }).finally(() => clearTimeout(timer));
-  // Keep draining its output so the pipe never blocks the worker; warnings and errors are kept for the report.
-  child.stdout!.removeAllListeners('data').resume();
+  // Keep draining its output so the pipe never blocks the worker; MARE_BENCH_WORKER_LOG keeps it in a file.
+  child.stdout!.removeAllListeners('data');
+  if (process.env.MARE_BENCH_WORKER_LOG) child.stdout!.pipe(createWriteStream(process.env.MARE_BENCH_WORKER_LOG, { flags: 'a' }));
+  else child.stdout!.resume();
   child.stderr!.removeAllListeners('data');
   child.stderr!.on('data', (chunk: Buffer) => process.stderr.write(`[${arm} worker] ${chunk.toString()}`));
 }

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import type { TokenUsage } from './model';
 
+export { describeCriterion } from './describe';
+
 /** A workspace-relative path: no absolute paths, no `..` segments (checked again on disk by the tools). */
 export const WorkspacePath = z
   .string()
@@ -20,21 +22,6 @@ export const Criterion = z.discriminatedUnion('kind', [
 ]);
 export type Criterion = z.infer<typeof Criterion>;
 
-/** A one-line, human-readable form of a criterion (for prompts and feedback). */
-export function describeCriterion(c: Criterion): string {
-  switch (c.kind) {
-    case 'file_exists':
-      return `file ${c.path} exists`;
-    case 'file_contains':
-      return `file ${c.path} contains "${c.text}"`;
-    case 'file_matches':
-      return `file ${c.path} matches /${c.pattern}/`;
-    case 'output_contains':
-      return `the final answer contains "${c.text}"`;
-    case 'judged':
-      return `judged: ${c.rubric}`;
-  }
-}
 
 /** The outcome of one criterion, as stored in the evidence bundle. */
 export const CriterionResult = z.object({

@@ -38,12 +38,7 @@ export interface ModelRequest {
 export const TokenUsage = z.object({ inputTokens: z.number().int().min(0), outputTokens: z.number().int().min(0) });
 export type TokenUsage = z.infer<typeof TokenUsage>;
 
-export const ZERO_USAGE: TokenUsage = { inputTokens: 0, outputTokens: 0 };
-
-/** Adds token usage. */
-export function addUsage(a: TokenUsage, b: TokenUsage): TokenUsage {
-  return { inputTokens: a.inputTokens + b.inputTokens, outputTokens: a.outputTokens + b.outputTokens };
-}
+export { addUsage, ZERO_USAGE } from './usage';
 
 export type ModelResponse = {
   model: string;

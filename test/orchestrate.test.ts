@@ -1,8 +1,9 @@
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { InvalidTaskRequestError, TaskNotFoundError } from '../client/client';
+import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import type { TaskProgress } from '../schemas';
-import { taskWorkflowId } from '../schemas';
+import { TASK_QUEUE, taskWorkflowId } from '../schemas';
 import { activityPayloads, allPayloadText, createTestStack, historyOf, localActivities, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
@@ -78,6 +79,9 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   expect(child).toEqual(['callModel', 'workspace.read', 'callModel', 'workspace.write', 'callModel', 'verify']);
   // bookkeeping runs as local activities: recorded as markers, no task-queue round trip
   expect(localActivities(childEvents)).toEqual(['loadRole', 'recordSubtask']);
+  const parentEvents = await historyOf(stack, taskWorkflowId('happy'));
+  expect(localActivities(parentEvents)).toEqual(['startTask', 'recordTaskFinished']);
+  expect(scheduledActivities(parentEvents)).toEqual(['decompose']);
 });
 
 test('the same task id starts at most one run', async () => {
@@ -432,4 +436,25 @@ test('a malformed TaskRequest is refused with a clear error and starts nothing',
   const all = [];
   for await (const wf of stack.env.client.workflow.list({ query: `WorkflowId = '${taskWorkflowId('bad id with spaces')}'` })) all.push(wf);
   expect(all).toHaveLength(0);
+});
+
+test('a malformed request started without the client fails the run as InvalidTaskRequest, naming the field, and records no task', async () => {
+  const error = await stack.withWorker({ rules: [{ reply: { text: 'unused' } }] }, async () => {
+    const handle = await stack.env.client.workflow.start('orchestrateTask', {
+      taskQueue: TASK_QUEUE,
+      workflowId: taskWorkflowId('raw-bad'),
+      args: [{ taskId: 'raw-bad', goal: 'do it', concurrency: -1 }],
+    });
+    return handle.result().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+  });
+  expect(error).toBeInstanceOf(WorkflowFailedError);
+  const cause = (error as WorkflowFailedError).cause;
+  expect(cause).toBeInstanceOf(ApplicationFailure);
+  expect((cause as ApplicationFailure).type).toBe('InvalidTaskRequest');
+  expect(cause?.message).toMatch(/invalid TaskRequest:[\s\S]*concurrency/);
+  const { rows } = await stack.pool.query(`SELECT 1 FROM tasks WHERE task_id = 'raw-bad'`);
+  expect(rows).toHaveLength(0);
 });

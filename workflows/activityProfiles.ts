@@ -6,18 +6,26 @@ type Activities = ReturnType<typeof createActivities>;
 const STORE_RETRY: RetryPolicy = { initialInterval: '500 ms', maximumInterval: '10 seconds', maximumAttempts: 20 };
 
 /** Bookkeeping in PostgreSQL: quick, idempotent, retried for a while. */
-export const store = proxyActivities<Activities>({ startToCloseTimeout: '30 seconds', retry: STORE_RETRY });
+const remoteStore = proxyActivities<Activities>({ startToCloseTimeout: '30 seconds', retry: STORE_RETRY });
 
 /** The same bookkeeping as local activities: no task-queue round trip, no events of its own. */
 const localStore = proxyLocalActivities<Activities>({ startToCloseTimeout: '30 seconds', retry: STORE_RETRY });
 
+/** The bookkeeping steps of one run, and whether they run as local activities. */
+export interface Bookkeeping {
+  store: typeof remoteStore;
+  local: boolean;
+}
+
 /**
- * The bookkeeping proxy a workflow uses. Runs started by this code use local activities (`npm run
- * bench` measured fewer state transitions and more tasks/s, see bench/TUNING.md); runs started
- * before keep the regular activities their histories recorded. Call once, before the first step.
+ * The bookkeeping a workflow uses. Runs started by this code use local activities, and validate
+ * their request in the first of them (`npm run bench` measured fewer state transitions, more
+ * tasks/s and less worker CPU, see bench/TUNING.md); runs started before keep the regular
+ * activities their histories recorded. Call once, before the first step.
  */
-export function bookkeeping(): typeof store {
-  return patched('bookkeeping-as-local-activities') ? localStore : store;
+export function bookkeeping(): Bookkeeping {
+  const local = patched('bookkeeping-as-local-activities');
+  return { store: local ? localStore : remoteStore, local };
 }
 
 /** Model calls: long, heartbeating (a dead worker is noticed in 20 s), backoff for rate limits. */

@@ -1,15 +1,14 @@
 import { ApplicationFailure, CancellationScope, isCancellation, setHandler, workflowInfo } from '@temporalio/workflow';
-import {
-  addUsage,
-  MAX_VERIFY_ATTEMPTS,
-  ZERO_USAGE,
-  type ChatMessage,
-  type RoleProfile,
-  type SubtaskInput,
-  type SubtaskProgress,
-  type SubtaskResult,
-  type ToolCall,
-  type UndoStep,
+import { MAX_VERIFY_ATTEMPTS } from '../schemas/constants';
+import { addUsage, ZERO_USAGE } from '../schemas/usage';
+import type {
+  ChatMessage,
+  RoleProfile,
+  SubtaskInput,
+  SubtaskProgress,
+  SubtaskResult,
+  ToolCall,
+  UndoStep,
 } from '../schemas';
 import { bookkeeping, models, tools } from './activityProfiles';
 import { subtaskProgressQuery } from './definitions';
@@ -33,7 +32,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     workflowId: workflowInfo().workflowId,
   };
   setHandler(subtaskProgressQuery, () => progress);
-  const store = bookkeeping();
+  const { store } = bookkeeping();
 
   const result: SubtaskResult = {
     id: subtask.id,

@@ -1,4 +1,5 @@
-import { describeCriterion, type ChatMessage, type DependencyOutput, type RoleProfile, type Subtask } from '../schemas';
+import type { ChatMessage, DependencyOutput, RoleProfile, Subtask } from '../schemas';
+import { describeCriterion } from '../schemas/describe';
 
 /** Rules every embodiment gets, whatever its role: the system layer. */
 export const SYSTEM_LAYER = [

@@ -1,4 +1,5 @@
 import {
+  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   ChildWorkflowFailure,
@@ -8,21 +9,10 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import {
-  addUsage,
-  SEARCH_ATTRIBUTES,
-  subtaskWorkflowId,
-  TaskRequest,
-  ZERO_USAGE,
-  type CompensationOutcome,
-  type Plan,
-  type Subtask,
-  type SubtaskResult,
-  type TaskProgress,
-  type TaskResult,
-  type UndoStep,
-} from '../schemas';
-import { bookkeeping, compensations, models } from './activityProfiles';
+import type { CompensationOutcome, Plan, Subtask, SubtaskResult, TaskProgress, TaskRequest, TaskResult, UndoStep } from '../schemas';
+import { SEARCH_ATTRIBUTES, subtaskWorkflowId } from '../schemas/constants';
+import { addUsage, ZERO_USAGE } from '../schemas/usage';
+import { bookkeeping, compensations, models, type Bookkeeping } from './activityProfiles';
 import { progressQuery } from './definitions';
 import { errorMessage } from './errors';
 import { executeSubtask } from './executeSubtask';
@@ -34,19 +24,25 @@ type Settled = { id: string; ok: true; result: SubtaskResult } | { id: string; o
  * dependencies are done, and, if the task cannot be completed, roll back everything in reverse.
  */
 export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
-  const parsed = TaskRequest.safeParse(input);
-  if (!parsed.success) {
-    throw ApplicationFailure.nonRetryable(`invalid TaskRequest: ${parsed.error.message}`, 'InvalidTaskRequest');
-  }
-  const req = parsed.data;
-  const progress: TaskProgress = { taskId: req.taskId, status: 'RUNNING', phase: 'planning', subtasks: [] };
+  const progress: TaskProgress = { taskId: input.taskId, status: 'RUNNING', phase: 'planning', subtasks: [] };
   setHandler(progressQuery, () => progress);
-  const store = bookkeeping();
-  upsertSearchAttributes([
-    { key: SEARCH_ATTRIBUTES.status, value: 'RUNNING' },
-    { key: SEARCH_ATTRIBUTES.tenant, value: req.tenant },
-  ]);
-  await store.recordTaskStarted({ taskId: req.taskId, workflowId: workflowInfo().workflowId, goal: req.goal, tenant: req.tenant });
+  const { store, local } = bookkeeping();
+  const tag = (tenant: string): void =>
+    upsertSearchAttributes([
+      { key: SEARCH_ATTRIBUTES.status, value: 'RUNNING' },
+      { key: SEARCH_ATTRIBUTES.tenant, value: tenant },
+    ]);
+
+  // 0. Validate the request (defaults applied) and record the task. Runs started before the
+  //    bookkeeping patch had their input validated by the client, were tagged first and recorded after.
+  let req: TaskRequest = input;
+  if (local) {
+    req = await startTask(store, input);
+    tag(req.tenant);
+  } else {
+    tag(req.tenant);
+    await store.recordTaskStarted({ taskId: req.taskId, workflowId: workflowInfo().workflowId, goal: req.goal, tenant: req.tenant });
+  }
 
   // 1. Decompose. An unusable plan has already been replaced by one atomic subtask, with the reason.
   let plan: Plan = { subtasks: [] };
@@ -185,8 +181,21 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   }
 }
 
+/** Validates the request in an activity (zod stays out of workflow code) and records the task. */
+async function startTask(store: Bookkeeping['store'], request: TaskRequest): Promise<TaskRequest> {
+  try {
+    return await store.startTask({ request, workflowId: workflowInfo().workflowId });
+  } catch (err) {
+    // A bad request fails the run with the validator's message, not as an activity failure.
+    if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidTaskRequest') {
+      throw ApplicationFailure.nonRetryable(err.cause.message, 'InvalidTaskRequest');
+    }
+    throw err;
+  }
+}
+
 /** Runs the undo stacks newest first and records every outcome; a failed undo never stops the rest. */
-async function compensate(store: ReturnType<typeof bookkeeping>, taskId: string, stacks: UndoStep[][]): Promise<CompensationOutcome[]> {
+async function compensate(store: Bookkeeping['store'], taskId: string, stacks: UndoStep[][]): Promise<CompensationOutcome[]> {
   const steps = stacks.flat().reverse();
   const outcomes: CompensationOutcome[] = [];
   for (const step of steps) {

@@ -1,0 +1,21 @@
+import type { Criterion } from './criteria';
+
+// Zod-free on purpose: workflow code imports this module, and every module a workflow imports is
+// initialised again for each workflow run (see the no-restricted-imports rule for workflows/ in
+// eslint.config.js).
+
+/** A one-line, human-readable form of a criterion (for prompts and feedback). */
+export function describeCriterion(c: Criterion): string {
+  switch (c.kind) {
+    case 'file_exists':
+      return `file ${c.path} exists`;
+    case 'file_contains':
+      return `file ${c.path} contains "${c.text}"`;
+    case 'file_matches':
+      return `file ${c.path} matches /${c.pattern}/`;
+    case 'output_contains':
+      return `the final answer contains "${c.text}"`;
+    case 'judged':
+      return `judged: ${c.rubric}`;
+  }
+}
