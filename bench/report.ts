@@ -28,8 +28,8 @@ export function renderMarkdown(result: BenchResult): string {
   out.push('');
   out.push(
     `Machine: ${result.machine.cores} cores (${result.machine.cpu}), ${result.machine.memoryGiB} GiB, ${result.machine.os}. ` +
-      `Versions: Node ${result.versions.node}, ${result.versions.temporalCli}, Temporal TS SDK ${result.versions.temporalSdk}, MARE ${result.versions.mareCommit}. ` +
-      `Settings: ${s.reps} repetition(s), arms interleaved in rotated order, each repetition and workload on a fresh dev server (SQLite file) and database, ${s.warmupTasks} warm-up tasks per arm; ` +
+      `Versions: Node ${result.versions.node}, ${result.versions.temporalCli}, Temporal TS SDK ${result.versions.temporalSdk}, PostgreSQL ${result.versions.postgres}, MARE ${result.versions.mareCommit}. ` +
+      `Settings: ${s.reps} repetition(s), arms interleaved in rotated order, each repetition and workload on a fresh dev server (SQLite file${s.sqlitePragmas.length ? `, ${s.sqlitePragmas.join(', ')}` : ''}) and database, ${s.warmupTasks} warm-up tasks per arm; ` +
       `worker tuning ${Object.keys(s.tuning).length ? Object.entries(s.tuning).map(([k, v]) => `${k}=${v}`).join(' ') : 'MARE defaults'}. ` +
       `Cells are median (min–max) over repetitions. Payloads: B1 activities carry ${result.calibration.activityInputBytes} B in and ${result.calibration.activityResultBytes} B out, children return ${result.calibration.childResultBytes} B, as measured on MARE's; K = ${result.calibration.stepsPerSubtask} model and tool calls per subtask.`,
   );

@@ -13,6 +13,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { Client as PgClient, Pool } from 'pg';
 import { migrate } from '../db/migrate';
 import { projectRoot } from '../scripts/stack/datadir';
+import { redactUrl } from '../scripts/stack/postgres';
 import { resolveTemporalCli, startTemporalDevServer, type TemporalDevServer } from '../scripts/stack/temporal';
 import { TUNING_ENV, workerTuningFromEnv } from '../workers/tuning';
 import { writeWorkflowBundle } from '../workers/worker';
@@ -40,6 +41,7 @@ export interface BenchSettings {
   historySample: number;
   microIterations: number;
   tuning: Record<string, string>;
+  sqlitePragmas: string[];
 }
 
 /** One phase's figures, keyed by repetition, workload label and arm. */
@@ -76,7 +78,8 @@ async function main(): Promise<void> {
     .parse();
   const opts = program.opts<{ reps: number; workloads: Workload[]; arms: ArmName[]; quick?: boolean; label?: string; out: string }>();
   const quick = Boolean(opts.quick);
-  const pragmas = (process.env.MARE_BENCH_SQLITE_PRAGMAS ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+  // WAL lets the dev server's SQLite file keep up with 2.4× more bare-Temporal work here (bench/TUNING.md).
+  const pragmas = (process.env.MARE_BENCH_SQLITE_PRAGMAS ?? 'journal_mode=wal,synchronous=normal').split(',').map((p) => p.trim()).filter(Boolean);
   const tuningEnv = Object.fromEntries(Object.values(TUNING_ENV).flatMap((k) => (process.env[k] ? [[k, process.env[k]]] : [])));
   workerTuningFromEnv(); // fails early, naming the variable, on a bad value
   const settings: BenchSettings = {
@@ -93,9 +96,10 @@ async function main(): Promise<void> {
     historySample: quick ? 2 : 5,
     microIterations: quick ? 200 : 2000,
     tuning: tuningEnv,
+    sqlitePragmas: pragmas,
   };
 
-  const databaseUrl = await adminDatabaseUrl();
+  const { url: databaseUrl, version: postgresVersion } = await adminDatabase();
   const cliPath = await resolveTemporalCli(log);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const work = path.join(projectRoot(), '.mare', 'bench', stamp);
@@ -224,7 +228,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     label: opts.label,
     machine: { cores: os.cpus().length, memoryGiB: Math.round(os.totalmem() / 2 ** 30), cpu: os.cpus()[0]?.model ?? 'unknown', os: `${os.type()} ${os.release()}` },
-    versions: versions(cliPath),
+    versions: { ...versions(cliPath), postgres: postgresVersion },
     settings,
     calibration,
     reps,
@@ -268,18 +272,19 @@ async function measureShape(client: Client, taskId: string): Promise<PayloadShap
   return { activityInputBytes: mean(inputs), activityResultBytes: mean(results), childResultBytes: mean(childResults), stepsPerSubtask: steps };
 }
 
-/** The PostgreSQL server to create bench databases on: DATABASE_URL, else the local one on 5432. */
-async function adminDatabaseUrl(): Promise<string> {
+/** The PostgreSQL server to create bench databases on (DATABASE_URL, else the local one on 5432) and its version. */
+async function adminDatabase(): Promise<{ url: string; version: string }> {
   const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
   const c = new PgClient({ connectionString: url, connectionTimeoutMillis: 3_000 });
   try {
     await c.connect();
+    const { rows } = await c.query<{ server_version: string }>('SHOW server_version');
+    return { url, version: rows[0]?.server_version ?? 'unknown' };
   } catch (err) {
-    throw new Error(`the bench needs PostgreSQL: set DATABASE_URL (tried ${url}: ${(err as Error).message})`);
+    throw new Error(`the bench needs PostgreSQL: set DATABASE_URL (tried ${redactUrl(url)}: ${(err as Error).message})`);
   } finally {
     await c.end().catch(() => undefined);
   }
-  return url;
 }
 
 async function createDatabase(adminUrl: string, name: string): Promise<{ url: string; drop(): Promise<void> }> {
@@ -312,8 +317,11 @@ function versions(cliPath: string): Record<string, string> {
     node: process.version,
     temporalCli: safe(() => execFileSync(cliPath, ['--version'], { encoding: 'utf8' })),
     temporalSdk: pkg('@temporalio/worker'),
-    postgres: 'see DATABASE_URL',
-    mareCommit: safe(() => execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectRoot(), encoding: 'utf8' })),
+    mareCommit: safe(
+      () =>
+        execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectRoot(), encoding: 'utf8' }).trim() +
+        (execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: projectRoot(), encoding: 'utf8' }).trim() ? '+uncommitted changes' : ''),
+    ),
   };
 }
 
