@@ -26,6 +26,9 @@ export async function callModelWithHeartbeat(
   try {
     response = await model.generate({ ...req, messages }, ctx.cancellationSignal);
   } catch (err) {
+    // A call aborted because the activity was cancelled (the worker shutting down after its grace
+    // time, or the workflow cancelling it) is not a model error: rethrow the cancellation itself.
+    if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason ?? err;
     throw classifyModelError(err);
   } finally {
     clearInterval(timer);
