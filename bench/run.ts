@@ -101,6 +101,7 @@ async function main(): Promise<void> {
 
   const { url: databaseUrl, version: postgresVersion } = await adminDatabase();
   const cliPath = await resolveTemporalCli(log);
+  const runVersions = { ...versions(cliPath), postgres: postgresVersion }; // before the run: the code measured
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const work = path.join(projectRoot(), '.mare', 'bench', stamp);
   mkdirSync(work, { recursive: true });
@@ -228,7 +229,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     label: opts.label,
     machine: { cores: os.cpus().length, memoryGiB: Math.round(os.totalmem() / 2 ** 30), cpu: os.cpus()[0]?.model ?? 'unknown', os: `${os.type()} ${os.release()}` },
-    versions: { ...versions(cliPath), postgres: postgresVersion },
+    versions: runVersions,
     settings,
     calibration,
     reps,

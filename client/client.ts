@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Client, Connection, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
+import { Client, Connection, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { z } from 'zod';
 import { TASK_QUEUE, TaskId, TaskRequest, taskWorkflowId, type SubtaskProgress, type TaskProgress, type TaskResult } from '../schemas';
@@ -138,11 +138,11 @@ export class MareClient {
   }
 
   /** Yields the task's progress whenever it changes, until the task ends; then yields nothing more. */
-  async *watchTask(taskId: string, opts: { intervalMs?: number } = {}): AsyncGenerator<TaskProgress> {
+  async *watchTask(taskId: string, opts: { intervalMs?: number; outageToleranceMs?: number } = {}): AsyncGenerator<TaskProgress> {
     const handle = this.client.workflow.getHandle(taskWorkflowId(checkId(taskId)));
     let last = '';
     for (;;) {
-      const running = (await handle.describe()).status.name === 'RUNNING';
+      const running = (await ridingOutages(() => handle.describe(), opts.outageToleranceMs)).status.name === 'RUNNING';
       const progress = await this.progress(taskId).catch(() => undefined);
       const text = JSON.stringify(progress);
       if (progress && text !== last) {
@@ -154,9 +154,10 @@ export class MareClient {
     }
   }
 
-  /** Waits for the task to end and returns its result. */
-  async result(taskId: string): Promise<TaskResult> {
-    return this.client.workflow.getHandle<typeof orchestrateTask>(taskWorkflowId(checkId(taskId))).result();
+  /** Waits for the task to end and returns its result, riding out Temporal outages (see ridingOutages). */
+  async result(taskId: string, opts: { outageToleranceMs?: number } = {}): Promise<TaskResult> {
+    const handle = this.client.workflow.getHandle<typeof orchestrateTask>(taskWorkflowId(checkId(taskId)));
+    return ridingOutages(() => handle.result(), opts.outageToleranceMs);
   }
 
   /** Requests cancellation; the task rolls back what it did and ends COMPENSATED. */
@@ -186,6 +187,30 @@ export class MareClient {
     return out;
   }
 }
+
+/**
+ * Calls `fn` until it gets an answer, for as long as the server stays unreachable for at most
+ * `toleranceMs` (default 10 minutes): tasks carry on through an outage, so waiting for them does too.
+ */
+async function ridingOutages<T>(fn: () => Promise<T>, toleranceMs = 600_000): Promise<T> {
+  let outageSince: number | undefined;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isUnavailable(err)) throw err;
+      outageSince ??= Date.now();
+      if (Date.now() - outageSince > toleranceMs) throw err;
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+  }
+}
+
+/** The server could not be reached (gRPC UNAVAILABLE), as opposed to an answer that says no. */
+function isUnavailable(err: unknown): boolean {
+  return err instanceof ServiceError && (err.cause as { code?: number } | undefined)?.code === GRPC_UNAVAILABLE;
+}
+const GRPC_UNAVAILABLE = 14;
 
 function checkId(taskId: string): string {
   const parsed = TaskId.safeParse(taskId);
