@@ -1,7 +1,10 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import pino from 'pino';
+import { createModelClient } from '../activities/model';
 import type { TaskResult } from '../schemas';
+import { createMareWorker } from '../workers/worker';
 import { createTestStack, type ScriptInput, type TestStack } from './helpers';
 
 // The real `mare` command from dist/ (npm test builds it first), against the test Temporal server.
@@ -16,8 +19,12 @@ beforeAll(async () => {
 afterAll(async () => stack?.teardown());
 
 function mare(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return mareWithEnv({}, ...args);
+}
+
+function mareWithEnv(env: Record<string, string>, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, TEMPORAL_ADDRESS: stack.env.address, TEMPORAL_NAMESPACE: 'default' } }, (err, stdout, stderr) =>
+    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, TEMPORAL_ADDRESS: stack.env.address, TEMPORAL_NAMESPACE: 'default', ...env } }, (err, stdout, stderr) =>
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
     );
   });
@@ -26,7 +33,7 @@ function mare(...args: string[]): Promise<{ code: number; stdout: string; stderr
 test('--help lists every command, and each command has its own help', async () => {
   const top = await mare('--help');
   expect(top.code).toBe(0);
-  for (const cmd of ['dev', 'worker', 'run', 'status', 'list', 'cancel', 'demo']) expect(top.stdout).toMatch(new RegExp(`^  ${cmd}\\b`, 'm'));
+  for (const cmd of ['dev', 'worker', 'bundle', 'run', 'status', 'list', 'cancel', 'demo']) expect(top.stdout).toMatch(new RegExp(`^  ${cmd}\\b`, 'm'));
   const run = await mare('run', '--help');
   expect(run.code).toBe(0);
   for (const opt of ['--id <taskId>', '--concurrency <n>', '--tenant <tenant>', '--wait', '--json']) expect(run.stdout).toContain(opt);
@@ -74,4 +81,36 @@ test('bad input gets a clear error and a non-zero exit, and starts nothing', asy
   const cancel = await mare('cancel', 'nope');
   expect(cancel.code).toBe(2);
   expect(cancel.stderr).toContain('no task with id "nope"');
+});
+
+test('mare worker refuses a bad tuning variable or a missing bundle with one clear line, before connecting', async () => {
+  const env = { DATABASE_URL: stack.databaseUrl };
+  const tuning = await mareWithEnv({ ...env, MARE_MAX_ACTIVITIES: 'lots' }, 'worker');
+  expect(tuning.code).toBe(1);
+  expect(tuning.stderr.trim()).toBe('mare: MARE_MAX_ACTIVITIES="lots" is not a number');
+  const bundle = await mareWithEnv({ ...env, MARE_WORKFLOW_BUNDLE: path.join(stack.dir, 'missing-bundle.js') }, 'worker');
+  expect(bundle.code).toBe(1);
+  expect(bundle.stderr).toMatch(/MARE_WORKFLOW_BUNDLE=.*missing-bundle\.js does not exist: write it with `mare bundle/);
+});
+
+test('mare bundle writes a zod-free bundle that a worker loads from its path (as with MARE_WORKFLOW_BUNDLE) and completes a task with', async () => {
+  const file = path.join(stack.dir, 'bundle', 'workflows.js');
+  const out = await mare('bundle', file);
+  expect(out.code).toBe(0);
+  expect(out.stdout).toContain(`wrote ${file}`);
+  const code = readFileSync(file, 'utf8');
+  expect(code).toContain('orchestrateTask');
+  expect(code).not.toContain('node_modules/zod'); // workflow code stays zod-free (see eslint.config.js)
+  const model = createModelClient({ provider: 'scripted', modelId: stack.writeScript({ ...demoScript, delayMs: 0 }) });
+  const worker = await createMareWorker({
+    connection: stack.env.nativeConnection,
+    workflowBundle: { codePath: file },
+    deps: { pool: stack.pool, model, workspaceRoot: stack.workspaceRoot, logger: pino({ level: 'silent' }) },
+    shutdownGraceTime: '1 second',
+  });
+  const result = await worker.runUntil(async () => {
+    await stack.client.submitTask({ taskId: 'cli-bundle', goal: 'Write a short guide to durable execution' });
+    return stack.client.result('cli-bundle');
+  });
+  expect(result.status).toBe('COMPLETED');
 });

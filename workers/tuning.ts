@@ -34,7 +34,7 @@ export const TUNING_ENV: Record<keyof WorkerTuning, string> = {
   nonStickyToStickyPollRatio: 'MARE_NON_STICKY_POLL_RATIO',
 };
 
-/** MARE's defaults, chosen from the bench figures (see bench/TUNING.md). */
+/** MARE's defaults: the SDK's own, since none of the changes tried in bench/TUNING.md paid off on 2 cores. */
 export const DEFAULT_TUNING: WorkerTuning = {};
 
 /** Thrown for a tuning variable that is not a valid number; names the variable. */

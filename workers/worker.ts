@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
@@ -76,6 +76,9 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
   if (!databaseUrl) throw new Error('DATABASE_URL is not set: the worker needs PostgreSQL (`mare dev` sets it for you)');
   const tuning = workerTuningFromEnv();
   const bundlePath = process.env.MARE_WORKFLOW_BUNDLE;
+  if (bundlePath && !existsSync(bundlePath)) {
+    throw new Error(`MARE_WORKFLOW_BUNDLE=${bundlePath} does not exist: write it with \`mare bundle ${bundlePath}\` (after every code change), or unset it`);
+  }
   installRuntime(logger);
   // Idempotent and under an advisory lock, so several workers starting at once are fine.
   const applied = await migrate(databaseUrl);
