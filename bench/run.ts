@@ -12,6 +12,7 @@ import { bundleWorkflowCode } from '@temporalio/worker';
 import { Command, InvalidArgumentError } from 'commander';
 import { Client as PgClient, Pool } from 'pg';
 import { migrate } from '../db/migrate';
+import { createScratchDatabase } from '../db/scratch';
 import { projectRoot } from '../scripts/stack/datadir';
 import { redactUrl } from '../scripts/stack/postgres';
 import { resolveTemporalCli, startTemporalDevServer, type TemporalDevServer } from '../scripts/stack/temporal';
@@ -120,7 +121,7 @@ async function main(): Promise<void> {
   /** A fresh Temporal dev server (its own SQLite file) and a fresh database for one block of work. */
   const withStack = async <T>(name: string, fn: (s: { server: TemporalDevServer; client: Client; dbUrl: string }) => Promise<T>): Promise<T> => {
     const server = await startTemporalDevServer({ cliPath, port: 0, uiPort: 0, sqlitePragmas: pragmas, dbFile: path.join(work, `${name}.sqlite`), logFile: path.join(work, `${name}.temporal.log`) });
-    const db = await createDatabase(databaseUrl, `mare_bench_${process.pid}_${name.replace(/\W/g, '_').toLowerCase()}`);
+    const db = await createScratchDatabase(databaseUrl, `mare_bench_${process.pid}_${name.replace(/\W/g, '_').toLowerCase()}`);
     const connection = await Connection.connect({ address: server.address });
     try {
       return await fn({ server, client: new Client({ connection }), dbUrl: db.url });
@@ -214,7 +215,7 @@ async function main(): Promise<void> {
 
   log('micro-figures');
   const micro = await (async () => {
-    const db = await createDatabase(databaseUrl, `mare_bench_${process.pid}_micro`);
+    const db = await createScratchDatabase(databaseUrl, `mare_bench_${process.pid}_micro`);
     await migrate(db.url);
     const pool = new Pool({ connectionString: db.url, max: 2 });
     try {
@@ -286,23 +287,6 @@ async function adminDatabase(): Promise<{ url: string; version: string }> {
   } finally {
     await c.end().catch(() => undefined);
   }
-}
-
-async function createDatabase(adminUrl: string, name: string): Promise<{ url: string; drop(): Promise<void> }> {
-  const admin = async (sql: string): Promise<void> => {
-    const c = new PgClient({ connectionString: adminUrl });
-    await c.connect();
-    try {
-      await c.query(sql);
-    } finally {
-      await c.end();
-    }
-  };
-  await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  await admin(`CREATE DATABASE ${name}`);
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return { url: url.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
 }
 
 function versions(cliPath: string): Record<string, string> {

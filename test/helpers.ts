@@ -4,12 +4,13 @@ import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime, type Worker } from '@temporalio/worker';
 import type { temporal } from '@temporalio/proto';
-import { Client as PgClient, Pool } from 'pg';
+import { Pool } from 'pg';
 import pino from 'pino';
 import { createModelClient } from '../activities/model';
 import type { ModelScript } from '../activities/scriptedModel';
 import { MareClient } from '../client/client';
 import { migrate } from '../db/migrate';
+import { createScratchDatabase } from '../db/scratch';
 import { SEARCH_ATTRIBUTES, TASK_QUEUE } from '../schemas';
 import { resolveTemporalCli } from '../scripts/stack/temporal';
 import { createMareWorker } from '../workers/worker';
@@ -84,19 +85,7 @@ export async function createTestStack(): Promise<TestStack> {
 /** A fresh, migrated database of its own on the test PostgreSQL server; `drop` removes it. */
 export async function createTestDatabase(): Promise<{ pool: Pool; databaseUrl: string; drop(): Promise<void> }> {
   const dbName = `mare_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
-  const admin = async (sql: string): Promise<void> => {
-    const client = new PgClient({ connectionString: ADMIN_DATABASE_URL });
-    await client.connect();
-    try {
-      await client.query(sql);
-    } finally {
-      await client.end();
-    }
-  };
-  await admin(`CREATE DATABASE ${dbName}`);
-  const url = new URL(ADMIN_DATABASE_URL);
-  url.pathname = `/${dbName}`;
-  const databaseUrl = url.toString();
+  const { url: databaseUrl, drop } = await createScratchDatabase(ADMIN_DATABASE_URL, dbName);
   await migrate(databaseUrl);
   const pool = new Pool({ connectionString: databaseUrl, max: 10 });
   // drop() terminates connections that pool.end() has not closed yet; idle clients report that as
@@ -107,7 +96,7 @@ export async function createTestDatabase(): Promise<{ pool: Pool; databaseUrl: s
     databaseUrl,
     async drop() {
       await pool.end();
-      await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+      await drop();
     },
   };
 }
