@@ -1,7 +1,7 @@
 import type { ActivityDeps } from './deps';
 import { createModelActivities } from './modelActivity';
 import { createPlannerActivities } from './planner';
-import { createRoleActivities } from './roles';
+import { createRoleActivities } from './roles/activities';
 import { createStoreActivities } from './store';
 import { createVerifyActivities } from './verify';
 import { createWorkspaceActivities } from './workspace';

@@ -70,12 +70,21 @@ export function languageModel(config: ModelConfig): LanguageModelV3 {
 
 /** A ModelClient over the AI SDK. The SDK's own retries are off: Temporal retries the activity. */
 export function createModelClient(config: ModelConfig): ModelClient {
-  const model = languageModel(config);
   const name = `${config.provider}:${config.provider === 'scripted' ? path.basename(config.modelId) : config.modelId}`;
+  const models = new Map<string, { model: LanguageModelV3; name: string }>([[config.modelId, { model: languageModel(config), name }]]);
+  /** A role's preferred model, if it is served by this worker's provider (same credentials); else the default. */
+  const pick = (preference: string | undefined): { model: LanguageModelV3; name: string } => {
+    const sep = preference?.indexOf(':') ?? -1;
+    const modelId = preference && sep > 0 && preference.slice(0, sep) === config.provider && config.provider !== 'scripted' ? preference.slice(sep + 1) : config.modelId;
+    let entry = models.get(modelId);
+    if (!entry) models.set(modelId, (entry = { model: languageModel({ ...config, modelId }), name: `${config.provider}:${modelId}` }));
+    return entry;
+  };
   return {
     name,
     offline: config.provider === 'scripted',
     async generate(req, abortSignal) {
+      const { model, name } = pick(req.modelPreference);
       const system = req.messages.filter((m) => m.role === 'system').map((m) => m.content).join('\n\n');
       const result = await generateText({
         model,

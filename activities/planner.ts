@@ -1,6 +1,6 @@
 import { atomicPlan, DEFAULT_ROLE, validatePlan, type Plan, type TokenUsage } from '../schemas';
 import type { ActivityDeps } from './deps';
-import { createRoleActivities } from './roles';
+import { createRoleActivities } from './roles/activities';
 import { audit } from './store';
 import { callModelWithHeartbeat } from './modelActivity';
 

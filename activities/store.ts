@@ -73,11 +73,15 @@ export function createStoreActivities({ pool }: ActivityDeps) {
 
     async recordSubtask({ taskId, result }: { taskId: string; result: SubtaskResult }): Promise<void> {
       await pool.query(
-        `INSERT INTO subtasks (task_id, subtask_id, role, role_version, status, attempts, score, output, evidence_ids, usage, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        `INSERT INTO subtasks (task_id, subtask_id, role, role_version, status, attempts, score, output, evidence_ids, usage, error,
+           role_requested, role_routed_by, role_fallback_reason, role_source, role_checksum, context_digests)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (task_id, subtask_id) DO UPDATE SET role = EXCLUDED.role, role_version = EXCLUDED.role_version,
            status = EXCLUDED.status, attempts = EXCLUDED.attempts, score = EXCLUDED.score, output = EXCLUDED.output,
-           evidence_ids = EXCLUDED.evidence_ids, usage = EXCLUDED.usage, error = EXCLUDED.error, updated_at = now()`,
+           evidence_ids = EXCLUDED.evidence_ids, usage = EXCLUDED.usage, error = EXCLUDED.error,
+           role_requested = EXCLUDED.role_requested, role_routed_by = EXCLUDED.role_routed_by,
+           role_fallback_reason = EXCLUDED.role_fallback_reason, role_source = EXCLUDED.role_source,
+           role_checksum = EXCLUDED.role_checksum, context_digests = EXCLUDED.context_digests, updated_at = now()`,
         [
           taskId,
           result.id,
@@ -90,9 +94,22 @@ export function createStoreActivities({ pool }: ActivityDeps) {
           result.evidenceIds,
           JSON.stringify(result.usage),
           result.error ?? null,
+          result.roleRequested ?? null,
+          result.roleRoutedBy ?? null,
+          result.roleFallbackReason ?? null,
+          result.roleSource ?? null,
+          result.roleChecksum ?? null,
+          result.contextDigests ?? null,
         ],
       );
-      await audit(pool, taskId, `subtask.${result.status}`, { subtaskId: result.id, attempts: result.attempts, score: result.score });
+      // The audit trail names the exact role version and the digest of what it was given.
+      await audit(pool, taskId, `subtask.${result.status}`, {
+        subtaskId: result.id,
+        role: result.roleVersion ? `${result.role}@${result.roleVersion}` : result.role,
+        contextDigests: result.contextDigests ?? [],
+        attempts: result.attempts,
+        score: result.score,
+      });
     },
 
     async recordCompensations({ taskId, outcomes }: { taskId: string; outcomes: CompensationOutcome[] }): Promise<void> {

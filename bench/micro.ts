@@ -1,11 +1,13 @@
 /**
- * Micro-figures of the role and routing code, in process: role retrieval (the loadRole query),
- * the routing fallback for an unknown role, injection (buildAgentContext) and plan validation.
+ * Micro-figures of the role and routing code, in process: role retrieval cached and uncached,
+ * loadRole with routing, the routing fallback for an unknown role, injection (buildAgentContext)
+ * of a 16 KB prompt with three dependency outputs, and plan validation.
  */
 import { MockActivityEnvironment } from '@temporalio/testing';
 import type { Pool } from 'pg';
-import { createRoleActivities } from '../activities/roles';
-import { RoleProfile, validatePlan, type LoadedRole } from '../schemas';
+import pino from 'pino';
+import { createRoleActivities, keyringFromEnv, openRoleService, RoleService, type LoadRoleInput } from '../activities/roles';
+import { validatePlan, type LoadedRole, type RoleProfile } from '../schemas';
 import { buildAgentContext } from '../workflows/inject';
 import { percentile } from './stats';
 
@@ -40,22 +42,37 @@ const PLAN = {
   })),
 };
 
+/** Three dependency outputs of a few KB each, as a DAG's middle subtask gets them. */
+const DEPENDENCIES = [1, 2, 3].map((n) => ({ id: `s${n}`, title: `Step ${n}`, output: `Done: wrote out-${n}.txt with the findings. `.repeat(60 * n) }));
+
 export async function runMicro(pool: Pool, iterations: number): Promise<MicroFigure[]> {
-  const roles = createRoleActivities({ pool });
+  const keyring = keyringFromEnv({ dataDir: '' });
+  const logger = pino({ level: 'silent' });
+  // Uncached: a TTL of 1 ms expires every read, so each one queries, decrypts and checks the row.
+  const uncached = await openRoleService({ pool, keyring, logger, ttlMs: 1 });
+  const cached = new RoleService({ pool, keyring, logger, ttlMs: 3_600_000 });
+  const roles = createRoleActivities({ pool, roles: uncached, logger });
   // loadRole keys its audit rows by the activity it runs in, so it runs in a mock activity context.
   const env = new MockActivityEnvironment({ workflowExecution: { workflowId: 'bench-micro', runId: 'r' }, activityId: '1' });
-  const loadRole = (name: string): Promise<LoadedRole> => env.run((input: { taskId: string; subtaskId: string; name: string }) => roles.loadRole(input), { taskId: 'bench', subtaskId: 'micro', name });
-  const loaded = await loadRole('writer');
-  const role = RoleProfile.parse(loaded.profile);
+  const loadRole = (name: string): Promise<LoadedRole> =>
+    env.run((input: LoadRoleInput) => roles.loadRole(input), { taskId: 'bench', subtaskId: 'micro', name, title: 'Step 3' });
+  const role: RoleProfile = { ...(await loadRole('writer')).profile, systemPrompt: 'You are a meticulous technical writer. '.repeat(420).slice(0, 16 * 1024) };
   const plan = validatePlan(JSON.stringify(PLAN));
   if (!plan.ok) throw new Error(`the micro-bench plan is invalid: ${plan.reason}`);
   const subtask = plan.plan.subtasks[3]!;
-  const dependencies = [{ id: 's2', title: 'Step 2', output: 'Done: wrote out-2.txt. '.repeat(40) }];
-  return [
-    await time('role retrieval, uncached (PostgreSQL query + zod)', iterations, () => loadRole('writer')),
-    { name: 'role retrieval, cached', iterations: 0, p50Us: NaN, p99Us: NaN, note: 'no role cache yet: the LRU cache arrives with role profiles (issue 4)' },
-    await time('routing: unknown role → generalist fallback (2 queries + audit row)', Math.ceil(iterations / 4), () => loadRole('no-such-role')),
-    await time('injection (buildAgentContext)', iterations * 10, () => buildAgentContext({ role, goal: 'Bench goal. '.repeat(20), subtask, dependencies })),
-    await time('plan validation, 12 subtasks (validatePlan from JSON text)', iterations * 10, () => validatePlan(JSON.stringify(PLAN))),
-  ];
+  try {
+    return [
+      await time('role retrieval, uncached (PostgreSQL read + AES-GCM decrypt + checksum)', iterations, () => uncached.resolve('writer')),
+      await time('role retrieval, cached (worker LRU cache)', iterations * 10, () => cached.resolve('writer')),
+      await time('loadRole activity: routing + retrieval + audit row (uncached)', iterations, () => loadRole('writer')),
+      await time('routing: unknown role → generalist fallback (loadRole, uncached)', Math.ceil(iterations / 4), () => loadRole('no-such-role')),
+      await time('injection: 16 KB system prompt + 3 dependency outputs, with digest', iterations * 10, () =>
+        buildAgentContext({ role, goal: 'Bench goal. '.repeat(20), subtask, dependencies: DEPENDENCIES }),
+      ),
+      await time('plan validation, 12 subtasks (validatePlan from JSON text)', iterations * 10, () => validatePlan(JSON.stringify(PLAN))),
+    ];
+  } finally {
+    await uncached.close();
+    await cached.close();
+  }
 }

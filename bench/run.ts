@@ -11,6 +11,7 @@ import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import { Command, InvalidArgumentError } from 'commander';
 import { Client as PgClient, Pool } from 'pg';
+import { keyringEnv, newKey } from '../activities/roles';
 import { migrate } from '../db/migrate';
 import { createScratchDatabase } from '../db/scratch';
 import { projectRoot } from '../scripts/stack/datadir';
@@ -101,6 +102,11 @@ async function main(): Promise<void> {
   };
 
   const { url: databaseUrl, version: postgresVersion } = await adminDatabase();
+  // One role key for the whole run, inherited by every worker process (each rep has a fresh database).
+  if (!process.env.MARE_ROLE_KEYS && !process.env.MARE_ROLE_KEY_FILE) {
+    const { id, key } = newKey();
+    Object.assign(process.env, keyringEnv({ activeKeyId: id, keys: new Map([[id, key]]), origin: 'bench' }));
+  }
   const cliPath = await resolveTemporalCli(log);
   const runVersions = { ...versions(cliPath), postgres: postgresVersion }; // before the run: the code measured
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');

@@ -4,6 +4,16 @@ import { MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavail
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
 import { runDemo } from './demo';
+import { registerRoleCommands } from './rolesCommand';
+import {
+  RoleDirectoryError,
+  RoleIntegrityError,
+  RoleKeyError,
+  RoleNotFoundError,
+  RoleRepositoryError,
+  RoleValidationError,
+  UnknownRoleKeyError,
+} from '../activities/roles';
 import { createLogger } from '../workers/logger';
 import { runWorkerFromEnv, writeWorkflowBundle } from '../workers/worker';
 import type { TaskProgress } from '../schemas';
@@ -16,14 +26,34 @@ function positiveInt(value: string): number {
   return n;
 }
 
+/** Errors that are the user's to fix: one clear line, exit code 2 (TemporalUnavailableError: 1). */
+const KNOWN_ERRORS = [
+  InvalidTaskRequestError,
+  TaskNotFoundError,
+  TemporalUnavailableError,
+  RoleValidationError,
+  RoleRepositoryError,
+  RoleNotFoundError,
+  RoleDirectoryError,
+  RoleKeyError,
+  RoleIntegrityError,
+  UnknownRoleKeyError,
+];
+
 /** Runs a command body, turning known errors into one clear line and exit code 1. */
 function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
   return async (...args: A) => {
     try {
       await fn(...args);
     } catch (err) {
-      const known = err instanceof InvalidTaskRequestError || err instanceof TaskNotFoundError || err instanceof TemporalUnavailableError;
-      process.stderr.write(`mare: ${err instanceof Error ? err.message : String(err)}\n`);
+      const known = KNOWN_ERRORS.some((type) => err instanceof type);
+      const message =
+        err instanceof RoleValidationError
+          ? `invalid role profile ${err.role}:\n${err.problems.map((p) => `  ${p.field}: ${p.message}`).join('\n')}`
+          : err instanceof Error
+            ? err.message
+            : String(err);
+      process.stderr.write(`mare: ${message}\n`);
       if (!known && process.env.MARE_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
       process.exitCode = known && !(err instanceof TemporalUnavailableError) ? 2 : 1;
     }
@@ -178,6 +208,8 @@ program
       if (!completed) process.exitCode = 1;
     }),
   );
+
+registerRoleCommands(program, action, print);
 
 // Exit explicitly once a command is done: the SDK's native runtime can keep the event loop alive.
 void program.parseAsync(process.argv).then(() => process.exit());

@@ -2,7 +2,9 @@ import { NativeConnection } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createModelClient, modelConfigFromEnv, type ModelClient } from '../activities/model';
+import { keyringFromEnv, openRoleService, type RoleKeyring } from '../activities/roles';
 import { migrate } from '../db/migrate';
+import { dataDir } from '../scripts/stack/datadir';
 import { redactUrl, resolveDatabase } from '../scripts/stack/postgres';
 import { resolveTemporalCli, startTemporalDevServer } from '../scripts/stack/temporal';
 import { createMareWorker, installRuntime, workspaceRootFromEnv } from '../workers/worker';
@@ -15,6 +17,8 @@ export interface LocalStack {
   databaseUrl: string;
   embeddedDatabase: boolean;
   model: ModelClient;
+  /** Where the role encryption keys come from. */
+  roleKeys: string;
   /** Stops the worker, then the servers this stack started. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -31,6 +35,11 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
   };
   try {
     const model = createModelClient(modelConfigFromEnv());
+    const keyring: RoleKeyring = keyringFromEnv({
+      dataDir: dataDir(),
+      generate: true,
+      onGenerated: (file) => print(`roles: no encryption key configured; generated one into ${file} (set MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE in production)`),
+    });
     installRuntime(logger);
     const cli = await resolveTemporalCli((m) => print(`temporal: ${m}`));
     const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort: opts.uiPort, log: (m) => logger.debug(m) });
@@ -43,16 +52,18 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
 
     const connection = await NativeConnection.connect({ address: temporal.address });
     const pool = new Pool({ connectionString: db.url, max: 10 });
+    const roles = await openRoleService({ pool, keyring, logger });
     const worker = await createMareWorker({
       connection,
       namespace: temporal.namespace,
-      deps: { pool, model, workspaceRoot: workspaceRootFromEnv(), logger },
+      deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger },
     });
     const running = worker.run();
     stops.push(async () => {
       if (worker.getState() === 'RUNNING') worker.shutdown();
       await running;
       await connection.close();
+      await roles.close();
       await pool.end();
     });
     return {
@@ -62,6 +73,7 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
       databaseUrl: db.url,
       embeddedDatabase: db.embedded,
       model,
+      roleKeys: keyring.origin,
       stop: stopAll,
     };
   } catch (err) {
@@ -76,6 +88,7 @@ export function describeStack(stack: LocalStack): string[] {
     `Temporal gRPC:  ${stack.address} (namespace ${stack.namespace})`,
     `Temporal UI:    ${stack.uiUrl}`,
     `Database:       ${redactUrl(stack.databaseUrl)}${stack.embeddedDatabase ? ' (embedded, data in .mare/postgres)' : ' (DATABASE_URL)'}`,
+    `Role keys:      ${stack.roleKeys}`,
     `Model:          ${stack.model.name}${stack.model.offline ? ' (offline scripted model)' : ''}`,
   ];
 }

@@ -13,7 +13,16 @@ export const TOOL_OUTPUT_HISTORY_LIMIT = 4_000;
 export const SEARCH_ATTRIBUTES = {
   status: defineSearchAttributeKey('MareStatus', SearchAttributeType.KEYWORD),
   tenant: defineSearchAttributeKey('MareTenant', SearchAttributeType.KEYWORD),
+  /** Role versions a run embodied, as `name@version` (a subtask: its one role; a task: all of them). */
+  roles: defineSearchAttributeKey('MareRoles', SearchAttributeType.KEYWORD_LIST),
 } as const;
+
+/** The access a built-in tool needs; tools not listed here need "write". */
+export const BUILTIN_TOOL_ACCESS: Readonly<Record<string, 'read' | 'write'>> = {
+  'workspace.read': 'read',
+  'workspace.list': 'read',
+  'workspace.write': 'write',
+};
 
 /** Workflow id of a task: derived from the task id, so one id can start at most one run. */
 export function taskWorkflowId(taskId: string): string {

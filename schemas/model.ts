@@ -31,6 +31,8 @@ export interface ModelRequest {
   transcript?: { id: string; offset: number };
   /** Names of tools offered to the model; specs are resolved from the catalog in the activity. */
   tools: string[];
+  /** The role's preferred model (`provider:model`); used when the worker runs that provider. */
+  modelPreference?: string;
   meta: ModelCallMeta;
 }
 

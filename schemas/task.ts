@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Plan, Subtask } from './plan';
 import { DEFAULT_MAX_SUBTASKS } from './plan';
 import type { TokenUsage } from './model';
+import type { RoleSource, RoutedBy } from './role';
 import type { CompensationOutcome, UndoStep } from './tools';
 
 /** Task ids double as idempotency keys: the same id never starts a second run. */
@@ -45,6 +46,16 @@ export interface SubtaskResult {
   role: string;
   roleVersion: string;
   roleFallbackReason?: string;
+  /** The role the planner asked for. */
+  roleRequested?: string;
+  /** How the role was chosen: the planner's suggestion, a `handles` match, or the default. */
+  roleRoutedBy?: RoutedBy;
+  /** Where the profile was read from: the repository, the worker's cache, or the last known good copy. */
+  roleSource?: RoleSource;
+  /** sha256 of the profile as published. */
+  roleChecksum?: string;
+  /** sha256 of the injected context, one per attempt. */
+  contextDigests?: string[];
   status: 'completed' | 'failed' | 'cancelled';
   output: string;
   attempts: number;

@@ -84,7 +84,7 @@ test('bad input gets a clear error and a non-zero exit, and starts nothing', asy
 });
 
 test('mare worker refuses a bad tuning variable or a missing bundle with one clear line, before connecting', async () => {
-  const env = { DATABASE_URL: stack.databaseUrl };
+  const env = { DATABASE_URL: stack.databaseUrl, ...stack.roleKeysEnv };
   const tuning = await mareWithEnv({ ...env, MARE_MAX_ACTIVITIES: 'lots' }, 'worker');
   expect(tuning.code).toBe(1);
   expect(tuning.stderr.trim()).toBe('mare: MARE_MAX_ACTIVITIES="lots" is not a number');
@@ -105,7 +105,7 @@ test('mare bundle writes a zod-free bundle that a worker loads from its path (as
   const worker = await createMareWorker({
     connection: stack.env.nativeConnection,
     workflowBundle: { codePath: file },
-    deps: { pool: stack.pool, model, workspaceRoot: stack.workspaceRoot, logger: pino({ level: 'silent' }) },
+    deps: { pool: stack.pool, model, roles: stack.roles, workspaceRoot: stack.workspaceRoot, logger: pino({ level: 'silent' }) },
     shutdownGraceTime: '1 second',
   });
   const result = await worker.runUntil(async () => {

@@ -8,6 +8,7 @@ import { Pool } from 'pg';
 import pino from 'pino';
 import { createModelClient } from '../activities/model';
 import type { ModelScript } from '../activities/scriptedModel';
+import { keyringEnv, newKey, openRoleService, type RoleKeyring, type RoleService } from '../activities/roles';
 import { MareClient } from '../client/client';
 import { migrate } from '../db/migrate';
 import { createScratchDatabase } from '../db/scratch';
@@ -27,6 +28,11 @@ export interface TestStack {
   client: MareClient;
   pool: Pool;
   databaseUrl: string;
+  /** The role service workers of this stack share, and its keyring. */
+  roles: RoleService;
+  keyring: RoleKeyring;
+  /** MARE_ROLE_KEYS and MARE_ROLE_ACTIVE_KEY for `mare` processes the test starts. */
+  roleKeysEnv: Record<string, string>;
   workspaceRoot: string;
   dir: string;
   /** Starts an in-process worker whose offline model follows `script`; stops it after `fn`. */
@@ -43,7 +49,7 @@ export async function createTestStack(): Promise<TestStack> {
   const env = await TestWorkflowEnvironment.createLocal({
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: Object.values(SEARCH_ATTRIBUTES) },
   });
-  const { pool, databaseUrl, drop } = await createTestDatabase();
+  const { pool, databaseUrl, roles, keyring, drop } = await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'mare-test-'));
   const workspaceRoot = path.join(dir, 'workspaces');
   const bundle = { code: readFileSync(BUNDLE_PATH, 'utf8') };
@@ -61,6 +67,9 @@ export async function createTestStack(): Promise<TestStack> {
     client: new MareClient(env.client, TASK_QUEUE),
     pool,
     databaseUrl,
+    roles,
+    keyring,
+    roleKeysEnv: keyringEnv(keyring),
     workspaceRoot,
     dir,
     writeScript,
@@ -69,7 +78,7 @@ export async function createTestStack(): Promise<TestStack> {
       const worker = await createMareWorker({
         connection: env.nativeConnection,
         workflowBundle: bundle,
-        deps: { pool, model, workspaceRoot, logger },
+        deps: { pool, model, roles, workspaceRoot, logger },
         shutdownGraceTime: '1 second',
       });
       return worker.runUntil(fn(worker));
@@ -82,8 +91,23 @@ export async function createTestStack(): Promise<TestStack> {
   };
 }
 
+/** A key of its own for each test database. */
+export function testKeyring(): RoleKeyring {
+  const { id, key } = newKey();
+  return { activeKeyId: id, keys: new Map([[id, key]]), origin: 'test' };
+}
+
+/** A test database: pool, URL, its role service (default roles published) and keyring. */
+export interface TestDatabase {
+  pool: Pool;
+  databaseUrl: string;
+  roles: RoleService;
+  keyring: RoleKeyring;
+  drop(): Promise<void>;
+}
+
 /** A fresh, migrated database of its own on the test PostgreSQL server; `drop` removes it. */
-export async function createTestDatabase(): Promise<{ pool: Pool; databaseUrl: string; drop(): Promise<void> }> {
+export async function createTestDatabase(): Promise<TestDatabase> {
   const dbName = `mare_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
   const { url: databaseUrl, drop } = await createScratchDatabase(ADMIN_DATABASE_URL, dbName);
   await migrate(databaseUrl);
@@ -91,10 +115,15 @@ export async function createTestDatabase(): Promise<{ pool: Pool; databaseUrl: s
   // drop() terminates connections that pool.end() has not closed yet; idle clients report that as
   // a pool 'error', which without a listener would fail the test file. Query errors still reach callers.
   pool.on('error', () => undefined);
+  const keyring = testKeyring();
+  const roles = await openRoleService({ pool, keyring });
   return {
     pool,
     databaseUrl,
+    roles,
+    keyring,
     async drop() {
+      await roles.close();
       await pool.end();
       await drop();
     },

@@ -345,9 +345,12 @@ test('an unknown role falls back to the generalist, records why, and every judge
     return stack.client.result('poet');
   });
   expect(result.status).toBe('COMPLETED');
-  expect(result.subtasks[0]).toMatchObject({ role: 'generalist', roleVersion: '1.0.0', roleFallbackReason: 'role "poet" does not exist; using "generalist"' });
-  const { rows: audit } = await stack.pool.query(`SELECT data FROM audit_events WHERE task_id = 'poet' AND kind = 'role.fallback'`);
-  expect(audit).toEqual([{ data: { subtaskId: 'poem', requested: 'poet', reason: 'role "poet" does not exist; using "generalist"' } }]);
+  const reason = 'role "poet" does not exist; using the default "generalist"';
+  expect(result.subtasks[0]).toMatchObject({ role: 'generalist', roleVersion: '1.0.0', roleRequested: 'poet', roleRoutedBy: 'default', roleFallbackReason: reason });
+  const { rows: audit } = await stack.pool.query(`SELECT data FROM audit_events WHERE task_id = 'poet' AND kind = 'role.loaded'`);
+  expect(audit).toEqual([{ data: expect.objectContaining({ subtaskId: 'poem', requested: 'poet', role: 'generalist@1.0.0', routedBy: 'default', reason }) }]);
+  const { rows: recorded } = await stack.pool.query(`SELECT role_requested, role_routed_by, role_fallback_reason FROM subtasks WHERE task_id = 'poet'`);
+  expect(recorded).toEqual([{ role_requested: 'poet', role_routed_by: 'default', role_fallback_reason: reason }]);
   const { rows: judged } = await stack.pool.query(`SELECT count(*)::int AS n FROM model_calls WHERE task_id = 'poet' AND purpose = 'judge'`);
   expect(judged[0].n).toBe(2);
   const { rows: tokens } = await stack.pool.query(`SELECT sum(input_tokens)::int AS n FROM model_calls WHERE task_id = 'poet'`);

@@ -29,6 +29,7 @@ async function startWorkerProcess(identity: string, script: ScriptInput): Promis
       TEMPORAL_ADDRESS: stack.env.address,
       TEMPORAL_NAMESPACE: 'default',
       DATABASE_URL: stack.databaseUrl,
+      ...stack.roleKeysEnv,
       MARE_MODEL: `scripted:${stack.writeScript(script)}`,
       MARE_WORKSPACE_DIR: stack.workspaceRoot,
       MARE_LOG_LEVEL: 'info',

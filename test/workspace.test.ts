@@ -3,10 +3,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pino from 'pino';
-import type { Pool } from 'pg';
 import { createModelClient } from '../activities/model';
 import { createWorkspaceActivities, resolveInWorkspace, WorkspacePathError } from '../activities/workspace';
-import { createTestDatabase } from './helpers';
+import { createTestDatabase, type TestDatabase } from './helpers';
 
 let dir: string;
 let ws: string;
@@ -34,7 +33,7 @@ test.each([
 });
 
 describe('workspace.write and its undo, as activities against PostgreSQL', () => {
-  let db: { pool: Pool; drop(): Promise<void> };
+  let db: TestDatabase;
   let acts: ReturnType<typeof createWorkspaceActivities>;
   const root = (): string => path.join(dir, 'roots');
   const run = <A extends unknown[], R>(fn: (...a: A) => Promise<R>, ...args: A): Promise<R> =>
@@ -42,7 +41,7 @@ describe('workspace.write and its undo, as activities against PostgreSQL', () =>
   beforeAll(async () => {
     db = await createTestDatabase();
     const model = createModelClient({ provider: 'scripted', modelId: path.join(__dirname, '..', 'scripts', 'demo-script.json') });
-    acts = createWorkspaceActivities({ pool: db.pool, workspaceRoot: root(), model, logger: pino({ level: 'silent' }) });
+    acts = createWorkspaceActivities({ pool: db.pool, roles: db.roles, workspaceRoot: root(), model, logger: pino({ level: 'silent' }) });
   });
   afterAll(async () => db?.drop());
 

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createActivities, type ActivityDeps } from '../activities';
 import { createModelClient, modelConfigFromEnv } from '../activities/model';
+import { keyringFromEnv, openRoleService } from '../activities/roles';
 import { migrate } from '../db/migrate';
 import { TASK_QUEUE } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
@@ -69,7 +70,8 @@ export function installRuntime(logger: Logger, metricsBind = process.env.MARE_ME
  * `mare worker`: connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS and
  * API-key variables), migrates the database at DATABASE_URL, and runs until SIGINT/SIGTERM.
  * MARE_WORKFLOW_BUNDLE loads a prebuilt workflow bundle (`mare bundle`) instead of bundling at start;
- * the tuning variables of workers/tuning.ts size caches, slots and pollers.
+ * the tuning variables of workers/tuning.ts size caches, slots and pollers. Role profiles are
+ * decrypted with MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE (or the local stack's generated key file).
  */
 export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string } = {}): Promise<void> {
   const databaseUrl = process.env.DATABASE_URL;
@@ -79,6 +81,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
   if (bundlePath && !existsSync(bundlePath)) {
     throw new Error(`MARE_WORKFLOW_BUNDLE=${bundlePath} does not exist: write it with \`mare bundle ${bundlePath}\` (after every code change), or unset it`);
   }
+  const keyring = keyringFromEnv({ dataDir: dataDir() });
   installRuntime(logger);
   // Idempotent and under an advisory lock, so several workers starting at once are fine.
   const applied = await migrate(databaseUrl);
@@ -86,6 +89,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
   const { connectionOptions, namespace } = loadClientConnectConfig();
   const model = createModelClient(modelConfigFromEnv());
   const pool = new Pool({ connectionString: databaseUrl, max: 10 });
+  const roles = await openRoleService({ pool, keyring, logger });
   const connection = await NativeConnection.connect(connectionOptions);
   try {
     const worker = await createMareWorker({
@@ -94,16 +98,17 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
       ...(opts.identity ? { identity: opts.identity } : {}),
       ...(bundlePath ? { workflowBundle: { codePath: bundlePath } } : {}),
       tuning,
-      deps: { pool, model, workspaceRoot: workspaceRootFromEnv(), logger },
+      deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger },
     });
     logger.info(
-      { taskQueue: TASK_QUEUE, namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
+      { taskQueue: TASK_QUEUE, roleKeys: keyring.origin, namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
       'worker started',
     );
     // worker.run() resolves after SIGINT/SIGTERM (the SDK installs those handlers) and the grace time.
     await worker.run();
   } finally {
     await connection.close();
+    await roles.close();
     await pool.end();
   }
 }

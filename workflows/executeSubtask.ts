@@ -1,5 +1,5 @@
-import { ApplicationFailure, CancellationScope, isCancellation, setHandler, workflowInfo } from '@temporalio/workflow';
-import { MAX_VERIFY_ATTEMPTS } from '../schemas/constants';
+import { ApplicationFailure, CancellationScope, isCancellation, patched, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { MAX_VERIFY_ATTEMPTS, SEARCH_ATTRIBUTES } from '../schemas/constants';
 import { addUsage, ZERO_USAGE } from '../schemas/usage';
 import type {
   ChatMessage,
@@ -14,6 +14,7 @@ import { bookkeeping, models, tools } from './activityProfiles';
 import { subtaskProgressQuery } from './definitions';
 import { errorMessage } from './errors';
 import { buildAgentContext } from './inject';
+import { checkToolCall, toolGrants } from './permissions';
 
 /**
  * One embodiment of one role for one subtask: load the role, inject it into a fresh context, run
@@ -49,16 +50,34 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     deniedToolCalls: 0,
   };
 
+  /** Tokens of this embodiment's own model calls (not the verifier's), against the role's total budget. */
+  let agentTokens = 0;
+
   try {
-    const loaded = await store.loadRole({ taskId, subtaskId: subtask.id, name: subtask.role });
+    // The role version is resolved once, here, and pinned: publishes and rollbacks during the run change nothing.
+    const loaded = await store.loadRole({ taskId, subtaskId: subtask.id, name: subtask.role, title: subtask.title });
     const role = loaded.profile;
-    Object.assign(result, { role: role.name, roleVersion: role.version, roleFallbackReason: loaded.fallbackReason });
+    Object.assign(result, {
+      role: role.name,
+      roleVersion: role.version,
+      roleFallbackReason: loaded.fallbackReason,
+      roleRequested: loaded.requested,
+      roleRoutedBy: loaded.routedBy,
+      roleSource: loaded.source,
+      roleChecksum: loaded.checksum,
+      contextDigests: [],
+    });
     progress.role = `${role.name}@${role.version}`;
+    if (patched('role-version-search-attribute')) {
+      upsertSearchAttributes({ [SEARCH_ATTRIBUTES.roles.name]: [progress.role] });
+    }
 
     let feedback: string | undefined;
     for (let attempt = 1; attempt <= MAX_VERIFY_ATTEMPTS; attempt++) {
       result.attempts = progress.attempts = attempt;
-      const messages = buildAgentContext({ role, goal: input.goal, subtask, dependencies: input.dependencies, feedback });
+      const context = buildAgentContext({ role, goal: input.goal, subtask, dependencies: input.dependencies, feedback });
+      result.contextDigests?.push(context.digest);
+      const messages = context.messages;
       result.output = await agentLoop(role, messages, attempt);
 
       progress.state = 'verifying';
@@ -120,12 +139,17 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         purpose: 'act',
         messages: messages.slice(sent),
         transcript: { id: transcriptId, offset: sent },
-        tools: role.tools,
+        tools: toolGrants(role).map((g) => g.tool),
+        ...(role.modelPreference ? { modelPreference: role.modelPreference } : {}),
         meta: { taskId, subtaskId: subtask.id, role: role.name, attempt },
       });
       sent = messages.length;
       result.usage = addUsage(result.usage, response.usage);
       addModel(response.model);
+      agentTokens += response.usage.inputTokens + response.usage.outputTokens;
+      if (role.tokenBudget?.total !== undefined && agentTokens > role.tokenBudget.total) {
+        throw ApplicationFailure.nonRetryable(`BudgetExceeded: ${agentTokens} tokens used, the role's budget is ${role.tokenBudget.total}`, 'BudgetExceeded');
+      }
       if (response.kind === 'final') return response.text;
 
       messages.push({ role: 'assistant', content: response.text, toolCalls: response.calls });
@@ -149,11 +173,12 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       content,
       isError,
     });
-    if (!role.tools.includes(call.name)) {
+    const permission = checkToolCall(role, call);
+    if (!permission.allowed) {
       result.deniedToolCalls++;
       progress.latestStep = `denied ${call.name}`;
       await store.recordToolDenied({ taskId, subtaskId: subtask.id, callKey, tool: call.name, args: call.args, role: role.name });
-      return reply(`Permission denied: role "${role.name}" may not use tool "${call.name}".`, true);
+      return reply(`Permission denied: ${permission.reason}.`, true);
     }
     progress.latestStep = `tool ${call.name}`;
     const ctx = { taskId, subtaskId: subtask.id, callKey };

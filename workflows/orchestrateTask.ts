@@ -5,6 +5,7 @@ import {
   ChildWorkflowFailure,
   executeChild,
   isCancellation,
+  patched,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -107,7 +108,12 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   };
   progress.status = status;
   progress.phase = 'done';
-  upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.status, value: status }]);
+  // MareRoles: every role version this task embodied, so runs can be found by role version.
+  const roles = [...new Set(subtaskResults.filter((s) => s.roleVersion).map((s) => `${s.role}@${s.roleVersion}`))];
+  upsertSearchAttributes([
+    { key: SEARCH_ATTRIBUTES.status, value: status },
+    ...(roles.length && patched('role-version-search-attribute') ? [{ key: SEARCH_ATTRIBUTES.roles, value: roles }] : []),
+  ]);
   await CancellationScope.nonCancellable(() => store.recordTaskFinished({ result }));
   return result;
 

@@ -42,7 +42,7 @@ const script: ScriptInput = {
 
 test(`SIGKILL of one of two workers during model and tool calls → ${TASKS} of ${TASKS} tasks COMPLETED, every write applied and recorded exactly once (one tool_calls row, one snapshot of the state before it), no compensation run`, async () => {
   const model = `scripted:${stack.writeScript(script)}`;
-  const common = { address: stack.env.address, databaseUrl: stack.databaseUrl, workspaceRoot: stack.workspaceRoot, model };
+  const common = { address: stack.env.address, databaseUrl: stack.databaseUrl, roleKeys: stack.roleKeysEnv, workspaceRoot: stack.workspaceRoot, model };
   // PGAPPNAME tags the victim's PostgreSQL sessions, so the test can see where its tool calls are.
   const victim = await startWorkerProcess({ ...common, identity: 'victim', env: { PGAPPNAME: VICTIM_APP } });
   await startWorkerProcess({ ...common, identity: 'survivor' });

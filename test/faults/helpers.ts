@@ -58,6 +58,8 @@ export async function startWorkerProcess(opts: {
   identity: string;
   address: string;
   databaseUrl: string;
+  /** MARE_ROLE_KEYS and MARE_ROLE_ACTIVE_KEY of the database's role keyring. */
+  roleKeys: Record<string, string>;
   workspaceRoot: string;
   /** MARE_MODEL, e.g. `scripted:/path/script.json`. */
   model: string;
@@ -73,6 +75,7 @@ export async function startWorkerProcess(opts: {
       MARE_WORKSPACE_DIR: opts.workspaceRoot,
       MARE_WORKFLOW_BUNDLE: BUNDLE_PATH,
       MARE_LOG_LEVEL: 'info',
+      ...opts.roleKeys,
       ...opts.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -126,7 +129,7 @@ export async function withModelWorker<T>(
   const worker = await createMareWorker({
     connection: opts.connection ?? stack.env.nativeConnection,
     workflowBundle: { code: readFileSync(BUNDLE_PATH, 'utf8') },
-    deps: { pool: stack.pool, model: opts.model, workspaceRoot: stack.workspaceRoot, logger: pino({ level: process.env.MARE_TEST_LOG_LEVEL ?? 'silent' }) },
+    deps: { pool: stack.pool, model: opts.model, roles: stack.roles, workspaceRoot: stack.workspaceRoot, logger: pino({ level: process.env.MARE_TEST_LOG_LEVEL ?? 'silent' }) },
     shutdownGraceTime: '1 second',
     ...(opts.identity ? { identity: opts.identity } : {}),
     ...(opts.tuning ? { tuning: opts.tuning } : {}),

@@ -6,6 +6,7 @@ import { MareClient } from '../../client/client';
 import { subtaskWorkflowId, TASK_QUEUE, taskWorkflowId, type TaskResult } from '../../schemas';
 import { findFreePort } from '../../scripts/stack/datadir';
 import { resolveTemporalCli, startTemporalDevServer, type TemporalDevServer } from '../../scripts/stack/temporal';
+import { keyringEnv } from '../../activities/roles';
 import { createTestDatabase, planReply, toolCall, type ScriptInput } from '../helpers';
 import { activityRuns, assertBuilt, historyFor, killWorkerProcesses, sleep, startWorkerProcess, taskWorkflowIds, waitFor, workflowTaskFailures, type ActivityRun } from './helpers';
 
@@ -64,7 +65,7 @@ test(`the Temporal dev server (SQLite file) stopped for 25 s and restarted (same
   const workspaceRoot = path.join(dir, 'workspaces');
   const scriptFile = path.join(dir, 'script.json');
   writeFileSync(scriptFile, JSON.stringify(script));
-  const worker = await startWorkerProcess({ identity: 'steady', address: server.address, databaseUrl: db.databaseUrl, workspaceRoot, model: `scripted:${scriptFile}` });
+  const worker = await startWorkerProcess({ identity: 'steady', address: server.address, databaseUrl: db.databaseUrl, roleKeys: keyringEnv(db.keyring), workspaceRoot, model: `scripted:${scriptFile}` });
   connection = await Connection.connect({ address: server.address });
   const mare = new MareClient(new Client({ connection, namespace: 'default' }), TASK_QUEUE);
 

@@ -42,7 +42,7 @@ const script = (delayMs: number): ScriptInput => ({
 });
 
 const start = (identity: string, s: ScriptInput): Promise<WorkerProcess> =>
-  startWorkerProcess({ identity, address: stack.env.address, databaseUrl: stack.databaseUrl, workspaceRoot: stack.workspaceRoot, model: `scripted:${stack.writeScript(s)}` });
+  startWorkerProcess({ identity, address: stack.env.address, databaseUrl: stack.databaseUrl, roleKeys: stack.roleKeysEnv, workspaceRoot: stack.workspaceRoot, model: `scripted:${stack.writeScript(s)}` });
 
 /** The activity of a workflow that a worker has started and not finished yet, if any. */
 async function startedActivity(workflowId: string, type: string): Promise<{ activityId: string; identity: string } | undefined> {

@@ -1,0 +1,182 @@
+import { BrokenCircuitError, circuitBreaker, ConsecutiveBreaker, handleWhen, type CircuitBreakerPolicy } from 'cockatiel';
+import { LRUCache } from 'lru-cache';
+import type { Pool, PoolClient } from 'pg';
+import type { Logger } from 'pino';
+import type { RoleSource } from '../../schemas';
+import { RoleIntegrityError, UnknownRoleKeyError, type RoleKeyring } from './crypto';
+import { RoleRepository, type StoredRole } from './repository';
+
+/** What routing needs to know about each role's latest version. */
+export interface RoleCandidate {
+  name: string;
+  version: string;
+  description: string;
+  tools: string[];
+  handles: string[];
+  deprecated: boolean;
+  suspended: boolean;
+}
+
+/** A role read through the service: where it came from, and a note when that was a fallback. */
+export interface ResolvedRole {
+  role: StoredRole;
+  source: RoleSource;
+  note?: string;
+}
+
+/** The repository cannot be read and nothing was read before to fall back on. */
+export class RoleRepositoryUnavailableError extends Error {
+  override readonly name = 'RoleRepositoryUnavailableError';
+}
+
+export interface RoleServiceOptions {
+  pool: Pool;
+  keyring: RoleKeyring;
+  logger?: Logger;
+  /** How long a cached read is served without asking PostgreSQL (invalidation usually comes first). */
+  ttlMs?: number;
+  maxEntries?: number;
+  /** Consecutive failed reads that open the breaker, and how long it stays open before a trial read. */
+  breaker?: { failures: number; halfOpenAfterMs: number };
+}
+
+/** The channel the repository's triggers notify on, with the role name as payload. */
+export const ROLE_CHANNEL = 'mare_roles';
+
+/** Cache settings from MARE_ROLE_CACHE_TTL_MS and MARE_ROLE_CACHE_SIZE. */
+export function roleCacheOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Pick<RoleServiceOptions, 'ttlMs' | 'maxEntries'> {
+  const num = (name: string): number | undefined => {
+    const raw = env[name]?.trim();
+    if (!raw) return undefined;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${name}="${raw}" must be a positive integer`);
+    return n;
+  };
+  return { ttlMs: num('MARE_ROLE_CACHE_TTL_MS'), maxEntries: num('MARE_ROLE_CACHE_SIZE') };
+}
+
+type Entry = { role: StoredRole | undefined } | { candidates: RoleCandidate[] };
+
+const CANDIDATES = '*candidates';
+
+/**
+ * Role reads for one worker: an LRU cache with a TTL, emptied for a role within moments of a
+ * publish, rollback, deprecation or suspension anywhere (PostgreSQL LISTEN/NOTIFY), and a circuit
+ * breaker around the repository. While reads fail, the last version read successfully is served
+ * and marked `last-known-good`. Integrity errors are never masked by a fallback.
+ */
+export class RoleService {
+  readonly repository: RoleRepository;
+  readonly stats = { hits: 0, misses: 0, invalidations: 0, fallbacks: 0 };
+  private readonly cache: LRUCache<string, Entry>;
+  private readonly lastKnownGood: LRUCache<string, Entry>;
+  private readonly breaker: CircuitBreakerPolicy;
+  private listener?: PoolClient;
+  private reconnect?: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(private readonly opts: RoleServiceOptions) {
+    this.repository = new RoleRepository(opts.pool, opts.keyring);
+    this.cache = new LRUCache({ max: opts.maxEntries ?? 500, ttl: opts.ttlMs ?? 60_000 });
+    this.lastKnownGood = new LRUCache({ max: (opts.maxEntries ?? 500) * 2 });
+    const { failures = 3, halfOpenAfterMs = 10_000 } = opts.breaker ?? {};
+    const counted = handleWhen((err) => !(err instanceof RoleIntegrityError || err instanceof UnknownRoleKeyError));
+    this.breaker = circuitBreaker(counted, { halfOpenAfter: halfOpenAfterMs, breaker: new ConsecutiveBreaker(failures) });
+    this.breaker.onStateChange((state) => opts.logger?.warn({ state }, 'role repository circuit breaker changed state'));
+  }
+
+  /** Starts listening for changes. Without it, cached reads live until their TTL. */
+  async start(): Promise<void> {
+    if (this.closed || this.listener) return;
+    try {
+      const client = await this.opts.pool.connect();
+      client.on('notification', (msg) => this.invalidate(msg.payload));
+      client.on('error', (err) => this.lostListener(client, err));
+      await client.query(`LISTEN ${ROLE_CHANNEL}`);
+      this.listener = client;
+      this.cache.clear(); // after a reconnect: changes made while not listening went unnoticed
+    } catch (err) {
+      this.lostListener(undefined, err as Error);
+    }
+  }
+
+  /** Drops cached reads of one role (and the routing candidates), or everything. */
+  invalidate(name?: string): void {
+    this.stats.invalidations++;
+    if (!name) return this.cache.clear();
+    for (const key of this.cache.keys()) if (key.startsWith(`${name}@`)) this.cache.delete(key);
+    this.cache.delete(CANDIDATES);
+  }
+
+  /** A role by exact version, range or `latest`; undefined if there is no such role. */
+  async resolve(name: string, spec = 'latest'): Promise<ResolvedRole | undefined> {
+    const found = await this.read(`${name}@${spec}`, async () => ({ role: await this.repository.get(name, spec) }));
+    if (!('role' in found.entry) || !found.entry.role) return undefined;
+    return { role: found.entry.role, source: found.source, ...(found.note ? { note: found.note } : {}) };
+  }
+
+  /** Latest version of every role with its handles and availability, for routing. */
+  async candidates(): Promise<{ candidates: RoleCandidate[]; note?: string }> {
+    const found = await this.read(CANDIDATES, async () => {
+      const roles = await this.repository.list({ includeDeprecated: true });
+      return {
+        candidates: roles.map((r) => ({
+          name: r.name,
+          version: r.version,
+          description: r.profile.description,
+          tools: r.profile.tools.map((g) => g.tool),
+          handles: r.profile.handles,
+          deprecated: Boolean(r.deprecated),
+          suspended: Boolean(r.suspended),
+        })),
+      };
+    });
+    return { candidates: 'candidates' in found.entry ? found.entry.candidates : [], ...(found.note ? { note: found.note } : {}) };
+  }
+
+  /** Stops listening. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.reconnect);
+    const listener = this.listener;
+    this.listener = undefined;
+    if (listener) {
+      await listener.query(`UNLISTEN ${ROLE_CHANNEL}`).catch(() => undefined);
+      listener.release();
+    }
+  }
+
+  private async read(key: string, load: () => Promise<Entry>): Promise<{ entry: Entry; source: RoleSource; note?: string }> {
+    const hit = this.cache.get(key);
+    if (hit) {
+      this.stats.hits++;
+      return { entry: hit, source: 'cache' };
+    }
+    this.stats.misses++;
+    try {
+      const entry = await this.breaker.execute(load);
+      this.cache.set(key, entry);
+      this.lastKnownGood.set(key, entry);
+      return { entry, source: 'repository' };
+    } catch (err) {
+      if (err instanceof RoleIntegrityError || err instanceof UnknownRoleKeyError) throw err;
+      const reason = err instanceof BrokenCircuitError ? 'circuit breaker open after repeated failures' : (err as Error).message;
+      const stale = this.lastKnownGood.get(key);
+      if (!stale) throw new RoleRepositoryUnavailableError(`role repository unavailable (${reason}) and no earlier read of ${key} to fall back on`);
+      this.stats.fallbacks++;
+      this.opts.logger?.warn({ key, reason }, 'role repository unavailable; serving the last known good version');
+      return { entry: stale, source: 'last-known-good', note: `role repository unavailable (${reason}); served the last known good version` };
+    }
+  }
+
+  private lostListener(client: PoolClient | undefined, err: Error): void {
+    if (client === this.listener) this.listener = undefined;
+    client?.release(err);
+    // Notifications may have been missed: nothing cached can be trusted until we listen again.
+    this.cache.clear();
+    if (this.closed) return;
+    this.opts.logger?.warn({ err }, 'role change listener lost; reconnecting');
+    this.reconnect = setTimeout(() => void this.start(), 1_000);
+    this.reconnect.unref();
+  }
+}

@@ -1,0 +1,255 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import type { Command } from 'commander';
+import { Pool } from 'pg';
+import {
+  bootstrapRoles,
+  defaultKeyFile,
+  exportRoleDirectory,
+  importRoleDirectory,
+  keyringFromEnv,
+  newKey,
+  readKeyFile,
+  RoleRepository,
+  splitRoleRef,
+  writeKeyFile,
+  type Actor,
+  type RoleKeyring,
+  type StoredRole,
+} from '../activities/roles';
+import { migrate } from '../db/migrate';
+import { dataDir } from '../scripts/stack/datadir';
+
+type Print = (line?: string) => void;
+type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
+
+/** Opens the repository on DATABASE_URL (migrated, default roles present) for one command. */
+async function withRepository<T>(fn: (repo: RoleRepository, keyring: RoleKeyring) => Promise<T>, keyring = keyringFromEnv({ dataDir: dataDir() })): Promise<T> {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error('DATABASE_URL is not set: role commands work on the PostgreSQL database workers use (`mare dev` prints it)');
+  await migrate(url);
+  const pool = new Pool({ connectionString: url, max: 2 });
+  try {
+    const repo = new RoleRepository(pool, keyring);
+    await bootstrapRoles(repo);
+    return await fn(repo, keyring);
+  } finally {
+    await pool.end();
+  }
+}
+
+function actor(opts: { by?: string; reason?: string }): Actor {
+  return { actor: opts.by ?? process.env.MARE_ACTOR ?? os.userInfo().username, ...(opts.reason ? { reason: opts.reason } : {}) };
+}
+
+function flags(r: StoredRole): string {
+  return [r.latest ? 'latest' : '', r.deprecated ? 'deprecated' : '', r.suspended ? 'suspended' : ''].filter(Boolean).join(',') || '-';
+}
+
+function metadata(r: StoredRole): Record<string, unknown> {
+  return {
+    name: r.name,
+    version: r.version,
+    checksum: r.checksum,
+    keyId: r.keyId,
+    publishedAt: r.publishedAt,
+    publishedBy: r.publishedBy,
+    latest: r.latest,
+    deprecated: r.deprecated ?? null,
+    suspended: r.suspended ?? null,
+  };
+}
+
+/** `mare roles …`: the role repository from the command line. */
+export function registerRoleCommands(program: Command, action: Action, print: Print): void {
+  const roles = program
+    .command('roles')
+    .description(
+      'manage role profiles in the repository on DATABASE_URL; profiles are encrypted with MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE (default: the key file `mare dev` generates in .mare/)',
+    );
+  const by = ['--by <actor>', 'who makes the change, for the audit trail (default: $MARE_ACTOR or your user name)'] as const;
+
+  roles
+    .command('list')
+    .description('list roles (latest versions unless --all-versions)')
+    .option('--all-versions', 'every version, not only latest')
+    .option('--include-deprecated', 'include deprecated versions')
+    .option('--name <glob>', 'only roles whose name matches, e.g. "rev*"')
+    .option('--tool <tool>', 'only roles granted this tool')
+    .option('--json', 'print as JSON')
+    .action(
+      action(async (opts: { allVersions?: boolean; includeDeprecated?: boolean; name?: string; tool?: string; json?: boolean }) => {
+        const found = await withRepository((repo) => repo.list(opts));
+        if (opts.json) return print(JSON.stringify(found.map((r) => ({ ...metadata(r), profile: r.profile })), null, 2));
+        if (!found.length) return print('no roles');
+        for (const r of found) {
+          print(`${`${r.name}@${r.version}`.padEnd(28)} ${flags(r).padEnd(20)} ${r.profile.tools.map((g) => `${g.tool}(${g.access})`).join(' ')}`);
+        }
+      }),
+    );
+
+  roles
+    .command('show')
+    .description('show a role as embodiments get it (inheritance resolved), with its metadata')
+    .argument('<role>', 'name, name@version or name@range (default: latest)')
+    .option('--source', 'show the profile as published (before inheritance), not the resolved one')
+    .option('--json', 'print as JSON')
+    .action(
+      action(async (ref: string, opts: { source?: boolean; json?: boolean }) => {
+        const { name, spec } = splitRoleRef(ref);
+        const role = await withRepository((repo) => repo.require(name, spec ?? 'latest'));
+        const profile = opts.source ? role.source : role.profile;
+        if (opts.json) return print(JSON.stringify({ ...metadata(role), profile }, null, 2));
+        print(`${role.name}@${role.version}  ${flags(role)}`);
+        print(`checksum ${role.checksum}, key ${role.keyId}, published ${role.publishedAt.toISOString()} by ${role.publishedBy}`);
+        if (role.deprecated) print(`deprecated ${role.deprecated.at.toISOString()}: ${role.deprecated.reason}`);
+        if (role.suspended) print(`suspended ${role.suspended.at.toISOString()}: ${role.suspended.reason}`);
+        print(JSON.stringify(profile, null, 2));
+      }),
+    );
+
+  roles
+    .command('publish')
+    .description('validate and publish a profile.json; a published name@version never changes')
+    .argument('<file>', 'the profile, as JSON')
+    .option(...by)
+    .option('--reason <text>', 'why, for the audit trail')
+    .action(
+      action(async (file: string, opts: { by?: string; reason?: string }) => {
+        let input: unknown;
+        try {
+          input = JSON.parse(fs.readFileSync(file, 'utf8'));
+        } catch (err) {
+          throw new Error(`cannot read ${file}: ${(err as Error).message}`);
+        }
+        const role = await withRepository((repo) => repo.publish(input, actor(opts)));
+        print(`published ${role.name}@${role.version} (checksum ${role.checksum.slice(0, 12)}…)${role.latest ? ', now latest' : ''}`);
+      }),
+    );
+
+  roles
+    .command('diff')
+    .description('field-by-field differences between two versions (resolved profiles)')
+    .argument('<a>', 'name@version (or name for latest)')
+    .argument('<b>', 'name@version (or name for latest)')
+    .option('--json', 'print as JSON')
+    .action(
+      action(async (a: string, b: string, opts: { json?: boolean }) => {
+        const diffs = await withRepository((repo) => repo.diff(a, b));
+        if (opts.json) return print(JSON.stringify(diffs, null, 2));
+        if (!diffs.length) return print('no differences');
+        for (const d of diffs) print(`${d.field}:\n  - ${JSON.stringify(d.a)}\n  + ${JSON.stringify(d.b)}`);
+      }),
+    );
+
+  roles
+    .command('deprecate')
+    .description('deprecate a version: ranges skip it and the router falls back to another role')
+    .argument('<role>', 'name@version')
+    .requiredOption('--reason <text>', 'why, for the audit trail')
+    .option(...by)
+    .action(
+      action(async (ref: string, opts: { by?: string; reason: string }) => {
+        const { name, spec } = splitRoleRef(ref);
+        if (!spec) throw new Error(`say which version: ${name}@<version>`);
+        await withRepository((repo) => repo.deprecate(name, spec, actor(opts)));
+        print(`deprecated ${name}@${spec}`);
+      }),
+    );
+
+  roles
+    .command('rollback')
+    .description('move latest back to the previous (non-deprecated) version; running embodiments keep theirs')
+    .argument('<name>')
+    .requiredOption('--reason <text>', 'why, for the audit trail')
+    .option(...by)
+    .action(
+      action(async (name: string, opts: { by?: string; reason: string }) => {
+        const { from, to } = await withRepository((repo) => repo.rollback(name, actor(opts)));
+        print(`${name}: latest is now ${to} (was ${from})`);
+      }),
+    );
+
+  for (const [verb, text] of [
+    ['suspend', 'suspend a role: the router sends its subtasks to another role until it is reinstated'],
+    ['reinstate', 'lift a suspension'],
+  ] as const) {
+    roles
+      .command(verb)
+      .description(text)
+      .argument('<name>')
+      .requiredOption('--reason <text>', 'why, for the audit trail')
+      .option(...by)
+      .action(
+        action(async (name: string, opts: { by?: string; reason: string }) => {
+          await withRepository((repo) => (verb === 'suspend' ? repo.suspend(name, actor(opts)) : repo.reinstate(name, actor(opts))));
+          print(`${verb === 'suspend' ? 'suspended' : 'reinstated'} ${name}`);
+        }),
+      );
+  }
+
+  roles
+    .command('history')
+    .description("a role's audit trail (or the whole repository's): who changed what, when and why")
+    .argument('[name]')
+    .option('--json', 'print as JSON')
+    .action(
+      action(async (name: string | undefined, opts: { json?: boolean }) => {
+        const rows = await withRepository((repo) => repo.auditTrail(name));
+        if (opts.json) return print(JSON.stringify(rows, null, 2));
+        for (const r of rows) {
+          print(`${r.at.toISOString()}  ${r.actor.padEnd(14)} ${r.action.padEnd(10)} ${r.name ? `${r.name}${r.version ? `@${r.version}` : ''}` : '-'}  ${r.reason ?? ''}`);
+        }
+      }),
+    );
+
+  roles
+    .command('import')
+    .description('publish every version in a directory of the layout reps/{name}/{version}/profile.json + metadata.json + reps/index.json (all or nothing)')
+    .argument('<dir>')
+    .option(...by)
+    .option('--reason <text>', 'why, for the audit trail')
+    .option('--json', 'print the report as JSON')
+    .action(
+      action(async (dir: string, opts: { by?: string; reason?: string; json?: boolean }) => {
+        const report = await withRepository((repo) => importRoleDirectory(repo, dir, actor({ ...opts, reason: opts.reason ?? `import from ${dir}` })));
+        if (opts.json) return print(JSON.stringify(report, null, 2));
+        print(`published ${report.published.length} (${report.published.join(', ') || 'none'}), unchanged ${report.unchanged.length}, deprecated ${report.deprecated.length}`);
+      }),
+    );
+
+  roles
+    .command('export')
+    .description('write every version (plaintext) in the seed layout into a new or empty directory')
+    .argument('<dir>')
+    .action(
+      action(async (dir: string) => {
+        const { roles: n, versions } = await withRepository((repo) => exportRoleDirectory(repo, dir));
+        print(`exported ${versions} versions of ${n} roles to ${dir}`);
+      }),
+    );
+
+  roles
+    .command('rotate-key')
+    .description(
+      're-encrypt every profile under the active key. With a key file (MARE_ROLE_KEY_FILE or the default), a new key is generated into it first and made active; old keys stay so old rows still decrypt. With MARE_ROLE_KEYS, list the new key there and name it in MARE_ROLE_ACTIVE_KEY.',
+    )
+    .option(...by)
+    .option('--reason <text>', 'why, for the audit trail', 'key rotation')
+    .action(
+      action(async (opts: { by?: string; reason: string }) => {
+        let keyring = keyringFromEnv({ dataDir: dataDir() });
+        if (!process.env.MARE_ROLE_KEYS?.trim()) {
+          const file = process.env.MARE_ROLE_KEY_FILE?.trim() || defaultKeyFile(dataDir());
+          const current = readKeyFile(file);
+          const { id, key } = newKey();
+          keyring = { activeKeyId: id, keys: new Map([...current.keys, [id, key]]), origin: current.origin };
+          // The new key is saved before anything is encrypted with it.
+          writeKeyFile(file, keyring);
+          print(`generated key ${id} into ${file}`);
+        }
+        const { rotated, keyId } = await withRepository((repo) => repo.rotate(actor(opts)), keyring);
+        print(`re-encrypted ${rotated} role versions under key ${keyId}`);
+      }),
+    );
+}

@@ -1,0 +1,40 @@
+import picomatch from 'picomatch';
+import { BUILTIN_TOOL_ACCESS } from '../schemas/constants';
+import type { RoleProfile, ToolCall, ToolGrant } from '../schemas';
+
+/** The decision on one model-requested tool call: allowed, or refused with the reason. */
+export type Permission = { allowed: true; grant: ToolGrant } | { allowed: false; reason: string };
+
+/**
+ * The role's grants. Profiles pinned by runs started before grants had access levels list bare
+ * tool names; those keep the access the tool needs, so their histories replay unchanged.
+ */
+export function toolGrants(role: RoleProfile): ToolGrant[] {
+  return (role.tools as (ToolGrant | string)[]).map((g) => (typeof g === 'string' ? { tool: g, access: BUILTIN_TOOL_ACCESS[g] ?? 'write' } : g));
+}
+
+/**
+ * Complete mediation, in workflow code: a call runs only if the role grants the tool, at the
+ * access level the tool needs, with arguments inside the grant's constraints. Deterministic.
+ */
+export function checkToolCall(role: RoleProfile, call: ToolCall): Permission {
+  const grant = toolGrants(role).find((g) => g.tool === call.name);
+  if (!grant) return { allowed: false, reason: `role "${role.name}" may not use tool "${call.name}"` };
+  const needs = BUILTIN_TOOL_ACCESS[call.name] ?? 'write';
+  if (needs === 'write' && grant.access !== 'write') {
+    return { allowed: false, reason: `role "${role.name}" has only read access to "${call.name}", which writes` };
+  }
+  for (const [arg, limit] of Object.entries(grant.args ?? {})) {
+    const value = call.args[arg];
+    const text = typeof value === 'string' ? value : JSON.stringify(value ?? '');
+    if (limit.maxLength !== undefined && text.length > limit.maxLength) {
+      return { allowed: false, reason: `argument "${arg}" of "${call.name}" is longer than the ${limit.maxLength} characters role "${role.name}" allows` };
+    }
+    // A glob only vouches for a normalised path: `docs/../secret` would match `docs/**`.
+    const normalised = !text.split('/').some((seg) => seg === '..' || seg === '.' || seg === '');
+    if (limit.globs && !(normalised && limit.globs.some((glob) => picomatch.isMatch(text, glob, { dot: true })))) {
+      return { allowed: false, reason: `argument "${arg}" of "${call.name}" ("${text}") is outside ${limit.globs.join(', ')} for role "${role.name}"` };
+    }
+  }
+  return { allowed: true, grant };
+}
