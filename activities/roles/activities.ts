@@ -69,7 +69,7 @@ export function createRoleActivities({ pool, roles, logger }: Pick<ActivityDeps,
     /** Names, descriptions and tools of the roles available for new work, for the planner's prompt. */
     async listRoles(): Promise<{ name: string; description: string; tools: string[] }[]> {
       const { candidates } = await roles.candidates();
-      return candidates.filter((c) => !availability(c)).map(({ name, description, tools }) => ({ name, description, tools }));
+      return candidates.filter((c) => !availability(c) && !c.unreadable).map(({ name, description, tools }) => ({ name, description, tools }));
     },
   };
 }

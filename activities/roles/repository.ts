@@ -2,7 +2,7 @@ import type { Pool, PoolClient } from 'pg';
 import picomatch from 'picomatch';
 import semver from 'semver';
 import type { RoleProfile, RoleProfileSource } from '../../schemas';
-import { open, RoleIntegrityError, seal, type RoleKeyring } from './crypto';
+import { open, RoleIntegrityError, seal, UnknownRoleKeyError, type RoleKeyring } from './crypto';
 import { parseRoleSource, resolveRoleProfile, roleChecksum, splitRoleRef, type ParentLookup } from './validate';
 
 /** Who does a change, and why: every change writes one append-only audit row with both. */
@@ -155,14 +155,25 @@ export class RoleRepository {
     return rows.map(info).sort((a, b) => semver.compare(a.version, b.version));
   }
 
-  /** Roles (latest versions unless allVersions), decrypted, filtered, sorted by name then version. */
-  async list(filter: RoleListFilter = {}): Promise<StoredRole[]> {
+  /**
+   * Roles (latest versions unless allVersions), decrypted, filtered, sorted by name then version.
+   * A row that fails decryption throws, unless `onUnreadable` takes it (then it is left out).
+   */
+  async list(filter: RoleListFilter = {}, onUnreadable?: (role: RoleVersionInfo, err: RoleIntegrityError | UnknownRoleKeyError) => void): Promise<StoredRole[]> {
     const where = filter.allVersions ? '' : 'WHERE v.version = h.latest';
     const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} ${where}`);
     const nameMatches = filter.name ? picomatch(filter.name) : () => true;
     const roles = rows
       .filter((r) => nameMatches(r.name) && (filter.includeDeprecated || !r.deprecated_at))
-      .map((r) => this.decrypt(r))
+      .flatMap((r) => {
+        try {
+          return [this.decrypt(r)];
+        } catch (err) {
+          if (!onUnreadable || !(err instanceof RoleIntegrityError || err instanceof UnknownRoleKeyError)) throw err;
+          onUnreadable(info(r), err);
+          return [];
+        }
+      })
       .filter((r) => !filter.tool || r.profile.tools.some((g) => g.tool === filter.tool));
     return roles.sort((a, b) => a.name.localeCompare(b.name) || semver.compare(a.version, b.version));
   }

@@ -15,6 +15,8 @@ export interface RoleCandidate {
   handles: string[];
   deprecated: boolean;
   suspended: boolean;
+  /** Fails decryption or its integrity check: routed to only if asked for by name (and then refused). */
+  unreadable?: string;
 }
 
 /** A role read through the service: where it came from, and a note when that was a fallback. */
@@ -118,9 +120,14 @@ export class RoleService {
   /** Latest version of every role with its handles and availability, for routing. */
   async candidates(): Promise<{ candidates: RoleCandidate[]; note?: string }> {
     const found = await this.read(CANDIDATES, async () => {
-      const roles = await this.repository.list({ includeDeprecated: true });
+      const unreadable: RoleCandidate[] = [];
+      const roles = await this.repository.list({ includeDeprecated: true }, (info, err) => {
+        this.opts.logger?.error({ role: `${info.name}@${info.version}`, err }, 'role profile unreadable; it will not be used');
+        const common = { name: info.name, version: info.version, description: '', tools: [], handles: [] };
+        unreadable.push({ ...common, deprecated: Boolean(info.deprecatedAt), suspended: Boolean(info.suspendedAt), unreadable: err.message });
+      });
       return {
-        candidates: roles.map((r) => ({
+        candidates: unreadable.concat(roles.map((r) => ({
           name: r.name,
           version: r.version,
           description: r.profile.description,
@@ -128,7 +135,7 @@ export class RoleService {
           handles: r.profile.handles,
           deprecated: Boolean(r.deprecated),
           suspended: Boolean(r.suspended),
-        })),
+        }))),
       };
     });
     return { candidates: 'candidates' in found.entry ? found.entry.candidates : [], ...(found.note ? { note: found.note } : {}) };

@@ -67,19 +67,20 @@ const MAX_DEPTH = 16;
 /**
  * Resolves a profile against its parent: the parent's fields are inherited, this profile's fields
  * override them (arrays are replaced, not merged), defaults fill the rest. Rejects a missing parent
- * and a cycle (a role name appearing twice in the chain).
+ * and a cycle (a name@version appearing twice in the chain; `chain` lists the versions being
+ * resolved below this one). A version may extend an earlier version of the same role.
  */
 export async function resolveRoleProfile(source: RoleProfileSource, lookup: ParentLookup, chain: string[] = []): Promise<RoleProfile> {
   const id = `${source.name}@${source.version}`;
-  const names = [...chain, source.name];
+  if (chain.includes(id)) throw cycle(chain[0] ?? id, [...chain, id]);
+  const ids = [...chain, id];
   let inherited: Partial<RoleProfile> = {};
   let parentRef: string | undefined;
   if (source.extends) {
     const { name, spec } = splitRoleRef(source.extends);
-    if (names.includes(name)) throw cycle(id, [...names, name]);
-    const parent = await lookup(name, spec, names);
+    const parent = await lookup(name, spec, ids);
     if (!parent) throw new RoleValidationError(id, [{ field: 'extends', message: `parent role "${source.extends}" does not exist` }]);
-    await checkAncestry(id, parent, [...names, name], lookup);
+    await checkAncestry(id, parent, ids, lookup);
     const { name: _n, version: _v, extends: _e, ...rest } = parent;
     inherited = rest;
     parentRef = `${parent.name}@${parent.version}`;
@@ -91,16 +92,18 @@ export async function resolveRoleProfile(source: RoleProfileSource, lookup: Pare
   return parsed.data;
 }
 
-/** A stored parent's own ancestors must not repeat a name of the chain either. */
-async function checkAncestry(id: string, parent: RoleProfile, names: string[], lookup: ParentLookup): Promise<void> {
-  let next = parent.extends;
-  const seen = [...names];
-  while (next) {
-    const { name, spec } = splitRoleRef(next);
-    if (seen.includes(name)) throw cycle(id, [...seen, name]);
+/** A resolved parent's own ancestors (exact name@version) must not repeat a version of the chain. */
+async function checkAncestry(id: string, parent: RoleProfile, ids: string[], lookup: ParentLookup): Promise<void> {
+  const seen = [...ids];
+  let current: RoleProfile | undefined = parent;
+  while (current) {
+    const currentId = `${current.name}@${current.version}`;
+    if (seen.includes(currentId)) throw cycle(id, [...seen, currentId]);
     if (seen.length > MAX_DEPTH) throw new RoleValidationError(id, [{ field: 'extends', message: `inheritance deeper than ${MAX_DEPTH} levels` }]);
-    seen.push(name);
-    next = (await lookup(name, spec, seen))?.extends;
+    seen.push(currentId);
+    if (!current.extends) return;
+    const { name, spec } = splitRoleRef(current.extends);
+    current = await lookup(name, spec, seen);
   }
 }
 
