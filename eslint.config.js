@@ -5,7 +5,8 @@ const importPlugin = require('eslint-plugin-import');
 const { builtinModules } = require('node:module');
 
 module.exports = tseslint.config(
-  { ignores: ['dist/', 'node_modules/', '.mare/', 'coverage/', 'eslint.config.js', 'jest.config.js', 'jest.faults.config.js'] },
+  // test/fixtures/*.js are plain Node scripts run as child processes against dist/ (no TypeScript project).
+  { ignores: ['dist/', 'node_modules/', '.mare/', 'coverage/', 'eslint.config.js', 'jest.config.js', 'jest.faults.config.js', 'test/fixtures/*.js'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
