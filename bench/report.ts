@@ -1,5 +1,6 @@
 /** The markdown report of a bench run: medians with their spread over repetitions, and the ratios. */
 import type { ArmName } from './arms';
+import type { MicroFigure } from './micro';
 import type { BenchResult } from './run';
 import { fmt, fmtSpread, spread, type Spread } from './stats';
 import type { PhaseFigures } from './workloads';
@@ -100,10 +101,14 @@ export function renderMarkdown(result: BenchResult): string {
     if (a.includes('O') && a.includes('B1')) rows.push(['O/B1', '', ...cols4.map(([, pick]) => ratio(figure(result, 'W4', 'O', pick), figure(result, 'W4', 'B1', pick)))]);
     out.push('', `### W4: ${s.w4Tasks} tasks in flight at once, model calls ${s.w4ModelDelayMs} ± ${s.w4ModelJitterMs} ms`, '', table(['arm', 'completed', ...cols4.map(([h]) => h)], rows));
   }
-  if (result.micro.length) {
-    out.push('', '### Micro-figures (in process)', '', table(['code path', 'iterations', 'p50 µs', 'p99 µs'], result.micro.map((m) => [m.name, String(m.iterations), m.note ? m.note : fmt(m.p50Us), m.note ? '' : fmt(m.p99Us)])));
-  }
+  if (result.micro.length) out.push('', renderMicro(result.micro));
   return `${out.join('\n')}\n`;
+}
+
+/** The micro-figures table (also the whole report of `npm run bench -- --micro-only`). */
+export function renderMicro(micro: MicroFigure[]): string {
+  const rows = micro.map((m) => [m.name, String(m.iterations), m.note ? m.note : fmt(m.p50Us), m.note ? '' : fmt(m.p99Us)]);
+  return ['### Micro-figures (in process)', '', table(['code path', 'iterations', 'p50 µs', 'p99 µs'], rows)].join('\n');
 }
 
 function completion(result: BenchResult, phase: string, arm: ArmName): string {

@@ -21,7 +21,7 @@ import { TUNING_ENV, workerTuningFromEnv } from '../workers/tuning';
 import { writeWorkflowBundle } from '../workers/worker';
 import { ARMS, startArmWorker, taskRunner, type ArmName, type PayloadShape } from './arms';
 import { runMicro, type MicroFigure } from './micro';
-import { renderMarkdown } from './report';
+import { renderMarkdown, renderMicro } from './report';
 import { FANOUTS, writeBenchScript } from './scripts';
 import { historyFigures, runPhase, type PhaseFigures } from './workloads';
 
@@ -75,10 +75,11 @@ async function main(): Promise<void> {
     .option('--workloads <list>', 'comma-separated subset of W1,W2,W3,W4', parseWorkloads, [...WORKLOADS])
     .option('--arms <list>', 'comma-separated subset of B0,B1,O (tuning runs); W2 still probes B1 for its rate', parseArms, [...ARMS])
     .option('--quick', 'small sizes and one repetition: a smoke run, not a measurement')
+    .option('--micro-only', 'only the in-process micro-figures (role retrieval, routing, injection, plan validation); needs PostgreSQL, not Temporal')
     .option('--label <text>', 'suffix of the result files, e.g. the tuning being tried')
     .option('--out <dir>', 'where results go', path.join(projectRoot(), 'bench', 'results'))
     .parse();
-  const opts = program.opts<{ reps: number; workloads: Workload[]; arms: ArmName[]; quick?: boolean; label?: string; out: string }>();
+  const opts = program.opts<{ reps: number; workloads: Workload[]; arms: ArmName[]; quick?: boolean; microOnly?: boolean; label?: string; out: string }>();
   const quick = Boolean(opts.quick);
   // WAL lets the dev server's SQLite file keep up with 2.4× more bare-Temporal work here (bench/TUNING.md).
   const pragmas = (process.env.MARE_BENCH_SQLITE_PRAGMAS ?? 'journal_mode=wal,synchronous=normal').split(',').map((p) => p.trim()).filter(Boolean);
@@ -106,6 +107,19 @@ async function main(): Promise<void> {
   if (!process.env.MARE_ROLE_KEYS && !process.env.MARE_ROLE_KEY_FILE) {
     const { id, key } = newKey();
     Object.assign(process.env, keyringEnv({ activeKeyId: id, keys: new Map([[id, key]]), origin: 'bench' }));
+  }
+  if (opts.microOnly) {
+    const micro = await measureMicro(databaseUrl, settings.microIterations);
+    const date = new Date().toISOString();
+    const machine = { cores: os.cpus().length, memoryGiB: Math.round(os.totalmem() / 2 ** 30), cpu: os.cpus()[0]?.model ?? 'unknown', os: `${os.type()} ${os.release()}` };
+    mkdirSync(opts.out, { recursive: true });
+    const base = path.join(opts.out, `${date.slice(0, 10)}-micro${opts.label ? `-${opts.label}` : ''}`);
+    writeFileSync(`${base}.json`, `${JSON.stringify({ date, machine, postgres: postgresVersion, iterations: settings.microIterations, micro }, null, 2)}\n`);
+    const md = `## Micro-figures ${date.slice(0, 10)}\n\nMachine: ${machine.cores} cores (${machine.cpu}), PostgreSQL ${postgresVersion}.\n\n${renderMicro(micro)}\n`;
+    writeFileSync(`${base}.md`, md);
+    process.stdout.write(md);
+    log(`wrote ${base}.json and ${base}.md`);
+    return;
   }
   const cliPath = await resolveTemporalCli(log);
   const runVersions = { ...versions(cliPath), postgres: postgresVersion }; // before the run: the code measured
@@ -220,17 +234,7 @@ async function main(): Promise<void> {
   }
 
   log('micro-figures');
-  const micro = await (async () => {
-    const db = await createScratchDatabase(databaseUrl, `mare_bench_${process.pid}_micro`);
-    await migrate(db.url);
-    const pool = new Pool({ connectionString: db.url, max: 2 });
-    try {
-      return await runMicro(pool, settings.microIterations);
-    } finally {
-      await pool.end();
-      await db.drop();
-    }
-  })();
+  const micro = await measureMicro(databaseUrl, settings.microIterations);
 
   const result: BenchResult = {
     date: new Date().toISOString(),
@@ -250,6 +254,19 @@ async function main(): Promise<void> {
   process.stdout.write(`${md}\n`);
   log(`wrote ${base}.json and ${base}.md`);
   rmSync(work, { recursive: true, force: true });
+}
+
+/** The micro-figures, on a scratch database of their own. */
+async function measureMicro(databaseUrl: string, iterations: number): Promise<MicroFigure[]> {
+  const db = await createScratchDatabase(databaseUrl, `mare_bench_${process.pid}_micro`);
+  await migrate(db.url);
+  const pool = new Pool({ connectionString: db.url, max: 4 });
+  try {
+    return await runMicro(pool, iterations);
+  } finally {
+    await pool.end();
+    await db.drop();
+  }
 }
 
 /** Sizes of MARE's model and tool activity payloads and of a subtask's result, from one task's histories. */
