@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { taskWorkflowId, type TaskResult } from '../schemas';
-import { createTestStack, historyOf, type ScriptInput, type TestStack } from './helpers';
+import { createTestStack, historyOf, planReply, type ScriptInput, type TestStack } from './helpers';
 
 // These tests run the real `mare worker` command from dist/ (npm test builds it first).
 const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
@@ -22,7 +22,7 @@ afterAll(async () => {
 });
 
 /** Starts `mare worker` as its own OS process and resolves once it polls. */
-async function startWorkerProcess(identity: string, script: ScriptInput): Promise<ChildProcess> {
+async function startWorkerProcess(identity: string, script: ScriptInput, env: Record<string, string> = {}): Promise<ChildProcess> {
   const child = spawn(process.execPath, [CLI, 'worker', '--identity', identity], {
     env: {
       ...process.env,
@@ -33,6 +33,7 @@ async function startWorkerProcess(identity: string, script: ScriptInput): Promis
       MARE_MODEL: `scripted:${stack.writeScript(script)}`,
       MARE_WORKSPACE_DIR: stack.workspaceRoot,
       MARE_LOG_LEVEL: 'info',
+      ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -116,4 +117,37 @@ test('a worker killed with SIGKILL mid-run: the other worker finishes every task
   expect(subtasks[0].n).toBe(9);
   const { rows: finished } = await stack.pool.query(`SELECT count(*)::int AS n FROM audit_events WHERE task_id = ANY($1) AND kind = 'task.finished'`, [ids]);
   expect(finished[0].n).toBe(3);
+});
+
+/** The role version a task's one subtask embodied, and which worker process loaded it. */
+async function embodiment(taskId: string): Promise<{ version: string; loadedBy: string }> {
+  const result = await stack.client.result(taskId);
+  const events = await historyOf(stack, `${taskWorkflowId(taskId)}--w`);
+  // loadRole is a local activity: it ran in the workflow task completed just before its marker.
+  const marker = events.findIndex((e) => e.markerRecordedEventAttributes);
+  const completed = events.slice(0, marker).reverse().find((e) => e.workflowTaskCompletedEventAttributes);
+  return { version: result.subtasks[0]?.roleVersion ?? '', loadedBy: completed?.workflowTaskCompletedEventAttributes?.identity ?? '' };
+}
+
+test('two worker processes whose role caches live 10 minutes both embody a newly published version within a second', async () => {
+  const script: ScriptInput = {
+    rules: [planReply([{ id: 'w', title: 'Write it', instructions: 'Write it', role: 'writer' }]), { match: { purpose: 'act' }, reply: { text: 'done' } }],
+  };
+  const env = { MARE_ROLE_CACHE_TTL_MS: '600000' };
+  await Promise.all([startWorkerProcess('one', script, env), startWorkerProcess('two', script, env)]);
+  const runBatch = async (prefix: string): Promise<{ version: string; loadedBy: string }[]> => {
+    const ids = Array.from({ length: 8 }, (_, i) => `${prefix}-${i}`);
+    await Promise.all(ids.map((taskId) => stack.client.submitTask({ taskId, goal: 'write it' })));
+    return Promise.all(ids.map(embodiment));
+  };
+  // Both workers load (and cache) writer@1.0.0 first.
+  const before = [...(await runBatch('warm-a')), ...(await runBatch('warm-b'))];
+  expect(new Set(before.map((e) => e.version))).toEqual(new Set(['1.0.0']));
+  expect(new Set(before.map((e) => e.loadedBy))).toEqual(new Set(['one', 'two']));
+
+  await stack.roles.repository.publish({ name: 'writer', version: '1.1.0', extends: 'writer@1.0.0', systemPrompt: 'Version two.' }, { actor: 'test' });
+  await new Promise((r) => setTimeout(r, 1_000));
+  const after = [...(await runBatch('fresh-a')), ...(await runBatch('fresh-b'))];
+  expect(new Set(after.map((e) => e.loadedBy))).toEqual(new Set(['one', 'two']));
+  expect(after.map((e) => e.version)).toEqual(after.map(() => '1.1.0'));
 });
