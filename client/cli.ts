@@ -4,7 +4,7 @@ import { MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavail
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
 import { runDemo } from './demo';
-import { registerRoleCommands } from './rolesCommand';
+import { registerRoleCommands, UsageError } from './rolesCommand';
 import {
   RoleDirectoryError,
   RoleIntegrityError,
@@ -38,9 +38,10 @@ const KNOWN_ERRORS = [
   RoleKeyError,
   RoleIntegrityError,
   UnknownRoleKeyError,
+  UsageError,
 ];
 
-/** Runs a command body, turning known errors into one clear line and exit code 1. */
+/** Runs a command body, turning known errors into one clear line (exit code 2; 1 for anything else). */
 function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
   return async (...args: A) => {
     try {

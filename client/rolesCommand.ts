@@ -21,18 +21,24 @@ import { migrate } from '../db/migrate';
 import { dataDir } from '../scripts/stack/datadir';
 
 type Print = (line?: string) => void;
+
+/** A command used wrongly (missing DATABASE_URL, unreadable file, missing version): exit code 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
 type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
 /** Opens the repository on DATABASE_URL (migrated, default roles present) for one command. */
-async function withRepository<T>(fn: (repo: RoleRepository, keyring: RoleKeyring) => Promise<T>, keyring = keyringFromEnv({ dataDir: dataDir() })): Promise<T> {
+async function withRepository<T>(fn: (repo: RoleRepository, pool: Pool) => Promise<T>): Promise<T> {
   const url = process.env.DATABASE_URL;
-  if (!url) throw new Error('DATABASE_URL is not set: role commands work on the PostgreSQL database workers use (`mare dev` prints it)');
+  if (!url) throw new UsageError('DATABASE_URL is not set: role commands work on the PostgreSQL database workers use (`mare dev` prints it)');
+  const keyring = keyringFromEnv({ dataDir: dataDir() });
   await migrate(url);
   const pool = new Pool({ connectionString: url, max: 2 });
   try {
     const repo = new RoleRepository(pool, keyring);
     await bootstrapRoles(repo);
-    return await fn(repo, keyring);
+    return await fn(repo, pool);
   } finally {
     await pool.end();
   }
@@ -73,7 +79,7 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .command('list')
     .description('list roles (latest versions unless --all-versions)')
     .option('--all-versions', 'every version, not only latest')
-    .option('--include-deprecated', 'include deprecated versions')
+    .option('--include-deprecated', 'with --all-versions: include deprecated versions (a deprecated latest is always listed, flagged)')
     .option('--name <glob>', 'only roles whose name matches, e.g. "rev*"')
     .option('--tool <tool>', 'only roles granted this tool')
     .option('--json', 'print as JSON')
@@ -120,7 +126,7 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
         try {
           input = JSON.parse(fs.readFileSync(file, 'utf8'));
         } catch (err) {
-          throw new Error(`cannot read ${file}: ${(err as Error).message}`);
+          throw new UsageError(`cannot read ${file}: ${(err as Error).message}`);
         }
         const role = await withRepository((repo) => repo.publish(input, actor(opts)));
         print(`published ${role.name}@${role.version} (checksum ${role.checksum.slice(0, 12)}…)${role.latest ? ', now latest' : ''}`);
@@ -151,7 +157,7 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .action(
       action(async (ref: string, opts: { by?: string; reason: string }) => {
         const { name, spec } = splitRoleRef(ref);
-        if (!spec) throw new Error(`say which version: ${name}@<version>`);
+        if (!spec) throw new UsageError(`say which version: ${name}@<version>`);
         await withRepository((repo) => repo.deprecate(name, spec, actor(opts)));
         print(`deprecated ${name}@${spec}`);
       }),
@@ -238,17 +244,17 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .option('--reason <text>', 'why, for the audit trail', 'key rotation')
     .action(
       action(async (opts: { by?: string; reason: string }) => {
-        let keyring = keyringFromEnv({ dataDir: dataDir() });
-        if (!process.env.MARE_ROLE_KEYS?.trim()) {
+        const { rotated, keyId } = await withRepository(async (repo, pool) => {
+          if (process.env.MARE_ROLE_KEYS?.trim()) return repo.rotate(actor(opts));
+          // Only once the database is reachable: a new key is saved, then used.
           const file = process.env.MARE_ROLE_KEY_FILE?.trim() || defaultKeyFile(dataDir());
           const current = readKeyFile(file);
           const { id, key } = newKey();
-          keyring = { activeKeyId: id, keys: new Map([...current.keys, [id, key]]), origin: current.origin };
-          // The new key is saved before anything is encrypted with it.
+          const keyring: RoleKeyring = { activeKeyId: id, keys: new Map([...current.keys, [id, key]]), origin: current.origin };
           writeKeyFile(file, keyring);
           print(`generated key ${id} into ${file}`);
-        }
-        const { rotated, keyId } = await withRepository((repo) => repo.rotate(actor(opts)), keyring);
+          return new RoleRepository(pool, keyring).rotate(actor(opts));
+        });
         print(`re-encrypted ${rotated} role versions under key ${keyId}`);
       }),
     );

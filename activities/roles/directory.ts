@@ -162,7 +162,7 @@ export async function importRoleDirectory(
       }
       if (row) report.unchanged.push(id);
       else {
-        await repo.insertVersion(db, entry.source, resolved.get(id)!, who);
+        await repo.insertVersion(db, entry.source, resolved.get(id)!, who, false);
         report.published.push(id);
       }
       if (entry.deprecated && !row?.deprecated_at) {
@@ -174,10 +174,12 @@ export async function importRoleDirectory(
         report.deprecated.push(id);
       }
     }
-    // A role this import created gets the index's `latest` (an export after a rollback round-trips).
+    // `latest` follows the index: for a role this import created, and where the index's latest is
+    // higher than the current one (so an export made after a rollback round-trips).
     for (const [name, head] of latest) {
-      if (!heads.has(name) && report.published.includes(`${name}@${head}`)) {
-        await db.query('UPDATE role_heads SET latest = $2 WHERE name = $1', [name, head]);
+      const current = (await db.query<{ latest: string }>('SELECT latest FROM role_heads WHERE name = $1', [name])).rows[0]?.latest;
+      if (current && current !== head && (!heads.has(name) || semver.gt(head, current))) {
+        await db.query('UPDATE role_heads SET latest = $2, updated_at = now() WHERE name = $1', [name, head]);
       }
     }
   });

@@ -163,8 +163,9 @@ export class RoleRepository {
     const where = filter.allVersions ? '' : 'WHERE v.version = h.latest';
     const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} ${where}`);
     const nameMatches = filter.name ? picomatch(filter.name) : () => true;
+    // A deprecated latest is still the role's latest: it is listed (flagged), not hidden.
     const roles = rows
-      .filter((r) => nameMatches(r.name) && (filter.includeDeprecated || !r.deprecated_at))
+      .filter((r) => nameMatches(r.name) && (filter.includeDeprecated || !r.deprecated_at || !filter.allVersions))
       .flatMap((r) => {
         try {
           return [this.decrypt(r)];
@@ -257,8 +258,11 @@ export class RoleRepository {
     return rows;
   }
 
-  /** Inserts one version in an open transaction (import publishes many in one). */
-  async insertVersion(db: PoolClient, source: RoleProfileSource, profile: RoleProfile, who: Actor): Promise<void> {
+  /**
+   * Inserts one version in an open transaction (import publishes many in one). `latest` moves to it
+   * if it is the highest, unless `moveLatest` is false (import sets `latest` from its index instead).
+   */
+  async insertVersion(db: PoolClient, source: RoleProfileSource, profile: RoleProfile, who: Actor, moveLatest = true): Promise<void> {
     const id = `${source.name}@${source.version}`;
     const checksum = roleChecksum(source);
     const sealed = seal(this.keyring, id, bodyOf(source, profile));
@@ -279,7 +283,7 @@ export class RoleRepository {
       `INSERT INTO role_heads (name, latest) VALUES ($1, $2)
        ON CONFLICT (name) DO UPDATE SET latest = EXCLUDED.latest, updated_at = now()
        WHERE $3::boolean`,
-      [source.name, source.version, await this.isNewHighest(db, source.name, source.version)],
+      [source.name, source.version, moveLatest && (await this.isNewHighest(db, source.name, source.version))],
     );
     await writeAudit(db, who, 'publish', source.name, source.version, { checksum, keyId: sealed.keyId, extends: profile.extends ?? null });
   }
@@ -323,13 +327,15 @@ export class RoleRepository {
 
   private async setSuspended(name: string, who: Actor, suspended: boolean): Promise<void> {
     await this.inTransaction(async (db) => {
-      const { rowCount } = await db.query(
+      const { rows } = await db.query<{ suspended_at: Date | null }>('SELECT suspended_at FROM role_heads WHERE name = $1 FOR UPDATE', [name]);
+      if (!rows[0]) throw new RoleNotFoundError(`no role ${name}`);
+      if (Boolean(rows[0].suspended_at) === suspended) throw new RoleRepositoryError(`${name} is ${suspended ? 'already' : 'not'} suspended`);
+      await db.query(
         suspended
           ? 'UPDATE role_heads SET suspended_at = now(), suspended_reason = $2, updated_at = now() WHERE name = $1'
           : 'UPDATE role_heads SET suspended_at = NULL, suspended_reason = NULL, updated_at = now() WHERE name = $1',
         suspended ? [name, who.reason ?? ''] : [name],
       );
-      if (!rowCount) throw new RoleNotFoundError(`no role ${name}`);
       await writeAudit(db, who, suspended ? 'suspend' : 'reinstate', name, null, {});
     });
   }
@@ -394,5 +400,5 @@ export function diffProfiles(a: RoleProfile, b: RoleProfile): FieldDiff[] {
   const fields = [...new Set([...Object.keys(a), ...Object.keys(b)])];
   return fields
     .filter((f) => JSON.stringify(a[f as keyof RoleProfile]) !== JSON.stringify(b[f as keyof RoleProfile]))
-    .map((field) => ({ field, a: a[field as keyof RoleProfile], b: b[field as keyof RoleProfile] }));
+    .map((field) => ({ field, a: a[field as keyof RoleProfile] ?? null, b: b[field as keyof RoleProfile] ?? null }));
 }
