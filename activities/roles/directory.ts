@@ -3,8 +3,8 @@ import path from 'node:path';
 import semver from 'semver';
 import { z } from 'zod';
 import { ROLE_SCHEMA_VERSION, type RoleProfile, type RoleProfileSource } from '../../schemas';
-import { RoleRepositoryError, type Actor, type RoleRepository } from './repository';
-import { parseRoleSource, resolveRoleProfile, roleChecksum, RoleValidationError } from './validate';
+import { RoleRepositoryError, writeAudit, type Actor, type RoleRepository } from './repository';
+import { parseRoleSource, resolveRoleProfile, roleChecksum, RoleValidationError, splitRoleRef } from './validate';
 
 /**
  * The seed's directory layout of a REP set:
@@ -27,6 +27,8 @@ const MetadataFile = z.strictObject({
   publishedBy: z.string().optional(),
   deprecated: z.strictObject({ at: z.string(), reason: z.string() }).nullable().optional(),
   latest: z.boolean().optional(),
+  /** The exact parent version the profile was resolved against when published. */
+  resolvedExtends: z.string().nullable().optional(),
 });
 
 /** A directory that is not a valid REP set; names the file and what is wrong. */
@@ -38,6 +40,8 @@ interface Entry {
   source: RoleProfileSource;
   checksum: string;
   deprecated?: string;
+  /** From metadata.json: the exact parent it was published against, so import resolves the same. */
+  resolvedExtends?: string;
   file: string;
 }
 
@@ -92,7 +96,13 @@ export function readRoleDirectory(dir: string): { entries: Entry[]; latest: Map<
       if (meta?.data.checksum && meta.data.checksum !== checksum) {
         throw new RoleDirectoryError(`${file} does not match the checksum in ${metaFile} (it was changed after export)`);
       }
-      entries.push({ source, checksum, file, ...(meta?.data.deprecated ? { deprecated: meta.data.deprecated.reason || 'deprecated' } : {}) });
+      entries.push({
+        source,
+        checksum,
+        file,
+        ...(meta?.data.deprecated ? { deprecated: meta.data.deprecated.reason || 'deprecated' } : {}),
+        ...(meta?.data.resolvedExtends ? { resolvedExtends: meta.data.resolvedExtends } : {}),
+      });
     }
   }
   const listed = new Set(entries.map((e) => path.dirname(e.file)));
@@ -125,11 +135,18 @@ export async function importRoleDirectory(
     const id = `${entry.source.name}@${entry.source.version}`;
     const done = resolved.get(id);
     if (done) return done;
-    const profile = await resolveRoleProfile(entry.source, async (name, spec, asking) => {
-      const local = pickLocal(entries, name, spec);
-      if (local) return resolve(local, asking);
-      return repo.lookupProfile(name, spec);
-    }, chain);
+    // An exported profile names the exact parent it was published against; use that one.
+    const pinned = entry.resolvedExtends ? splitRoleRef(entry.resolvedExtends) : undefined;
+    const profile = await resolveRoleProfile(
+      entry.source,
+      async (name, spec, asking) => {
+        const wanted = pinned?.name === name && asking.length === chain.length + 1 ? pinned.spec : spec;
+        const local = pickLocal(entries, latest, name, wanted);
+        if (local) return resolve(local, asking);
+        return repo.lookupProfile(name, wanted);
+      },
+      chain,
+    );
     resolved.set(id, profile);
     order.push(entry);
     return profile;
@@ -171,6 +188,7 @@ export async function importRoleDirectory(
           entry.source.version,
           entry.deprecated,
         ]);
+        await writeAudit(db, { actor: who.actor, reason: entry.deprecated }, 'deprecate', entry.source.name, entry.source.version, { import: dir });
         report.deprecated.push(id);
       }
     }
@@ -180,17 +198,23 @@ export async function importRoleDirectory(
       const current = (await db.query<{ latest: string }>('SELECT latest FROM role_heads WHERE name = $1', [name])).rows[0]?.latest;
       if (current && current !== head && (!heads.has(name) || semver.gt(head, current))) {
         await db.query('UPDATE role_heads SET latest = $2, updated_at = now() WHERE name = $1', [name, head]);
+        await writeAudit(db, who, 'set-latest', name, head, { from: current, to: head, import: dir });
       }
     }
   });
   return report;
 }
 
-/** A version in the directory that satisfies `spec` (undefined: the directory's highest). */
-function pickLocal(entries: Entry[], name: string, spec: string | undefined): Entry | undefined {
-  const versions = entries.filter((e) => e.source.name === name).map((e) => e.source.version);
-  const best = spec ? semver.maxSatisfying(versions, spec) : semver.rsort([...versions])[0];
-  return best ? entries.find((e) => e.source.name === name && e.source.version === best) : undefined;
+/**
+ * The version in the directory a parent reference means, as the repository would read it: no
+ * spec is the index's latest, a range skips deprecated versions, an exact version is itself.
+ */
+function pickLocal(entries: Entry[], latest: Map<string, string>, name: string, spec: string | undefined): Entry | undefined {
+  const candidates = entries.filter((e) => e.source.name === name);
+  const find = (version: string | undefined | null): Entry | undefined => candidates.find((e) => e.source.version === version);
+  if (!spec) return find(latest.get(name));
+  if (semver.valid(spec)) return find(spec);
+  return find(semver.maxSatisfying(candidates.filter((e) => !e.deprecated).map((e) => e.source.version), spec));
 }
 
 /** Writes every version (deprecated ones too) in the seed layout; returns how many. */
@@ -211,6 +235,7 @@ export async function exportRoleDirectory(repo: RoleRepository, dir: string): Pr
       publishedBy: role.publishedBy,
       deprecated: role.deprecated ? { at: role.deprecated.at.toISOString(), reason: role.deprecated.reason } : null,
       latest: role.latest,
+      resolvedExtends: role.profile.extends ?? null,
     };
     fs.writeFileSync(path.join(versionDir, 'metadata.json'), `${JSON.stringify(metadata, null, 2)}\n`);
     const entry = (index.roles[role.name] ??= { latest: role.version, versions: [] });

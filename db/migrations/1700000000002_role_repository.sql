@@ -72,6 +72,8 @@ BEGIN
 END $$;
 CREATE TRIGGER role_versions_immutable BEFORE UPDATE OR DELETE ON role_versions
   FOR EACH ROW EXECUTE FUNCTION role_versions_immutable();
+CREATE TRIGGER role_versions_no_truncate BEFORE TRUNCATE ON role_versions
+  FOR EACH STATEMENT EXECUTE FUNCTION mare_reject_change();
 
 -- Every worker's role cache listens on this channel; the payload is the role name.
 CREATE FUNCTION notify_role_change() RETURNS trigger LANGUAGE plpgsql AS $$
