@@ -38,7 +38,7 @@ export function routeSubtask(input: { requested: string; title: string; candidat
   const title = input.title.toLowerCase();
   for (const candidate of [...input.candidates].sort((a, b) => a.name.localeCompare(b.name))) {
     if (candidate.name === input.requested || availability(candidate) || candidate.unreadable) continue;
-    const pattern = candidate.handles.find((p) => picomatch.isMatch(title, p.toLowerCase(), { bash: true }));
+    const pattern = candidate.handles.find((p) => picomatch.isMatch(title, p.toLowerCase(), { bash: true, dot: true }));
     if (pattern) return { name: candidate.name, routedBy: 'handles', reason: `${problem}; routed to "${candidate.name}" by its handles pattern "${pattern}"` };
   }
   return { name: DEFAULT_ROLE, routedBy: 'default', reason: `${problem}; using the default "${DEFAULT_ROLE}"` };

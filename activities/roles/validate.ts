@@ -32,7 +32,7 @@ export function fieldProblems(error: z.ZodError, inherited = false): FieldProble
       return issue.keys.map((key) => ({ field: field ? `${field}.${key}` : key, message: 'unknown field' }));
     }
     if (issue.code === 'invalid_type' && /received undefined/.test(issue.message)) {
-      return [{ field, message: inherited ? 'is required (set neither here nor by the parent)' : 'is required' }];
+      return [{ field: field || '(profile)', message: inherited ? 'is required (set neither here nor by the parent)' : 'is required' }];
     }
     return [{ field: field || '(profile)', message: issue.message }];
   });
