@@ -74,6 +74,7 @@ export class RoleService {
   private readonly lastKnownGood: LRUCache<string, Entry>;
   private readonly breaker: CircuitBreakerPolicy;
   private listener?: PoolClient;
+  private readonly released = new WeakSet<PoolClient>();
   private reconnect?: NodeJS.Timeout;
   private closed = false;
 
@@ -90,15 +91,17 @@ export class RoleService {
   /** Starts listening for changes. Without it, cached reads live until their TTL. */
   async start(): Promise<void> {
     if (this.closed || this.listener) return;
+    let lose: (err: Error) => void = (err) => this.lostListener(undefined, err);
     try {
       const client = await this.opts.pool.connect();
+      lose = (err) => this.lostListener(client, err);
       client.on('notification', (msg) => this.invalidate(msg.payload));
-      client.on('error', (err) => this.lostListener(client, err));
+      client.on('error', lose);
       await client.query(`LISTEN ${ROLE_CHANNEL}`);
       this.listener = client;
       this.cache.clear(); // after a reconnect: changes made while not listening went unnoticed
     } catch (err) {
-      this.lostListener(undefined, err as Error);
+      lose(err as Error);
     }
   }
 
@@ -149,7 +152,7 @@ export class RoleService {
     this.listener = undefined;
     if (listener) {
       await listener.query(`UNLISTEN ${ROLE_CHANNEL}`).catch(() => undefined);
-      listener.release();
+      this.releaseOnce(listener);
     }
   }
 
@@ -176,9 +179,16 @@ export class RoleService {
     }
   }
 
+  /** A broken connection can report several errors after its LISTEN failed or it was closed: release it once. */
+  private releaseOnce(client: PoolClient, err?: Error): void {
+    if (this.released.has(client)) return;
+    this.released.add(client);
+    client.release(err);
+  }
+
   private lostListener(client: PoolClient | undefined, err: Error): void {
     if (client === this.listener) this.listener = undefined;
-    client?.release(err);
+    if (client) this.releaseOnce(client, err);
     // Notifications may have been missed: nothing cached can be trusted until we listen again.
     this.cache.clear();
     if (this.closed) return;
