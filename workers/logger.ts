@@ -1,6 +1,37 @@
-import pino, { type Logger } from 'pino';
+import pino, { type DestinationStream, type LogFn, type Logger } from 'pino';
+import { createRedactor, type Redactor } from '../activities/secrets';
 
-/** The process logger. MARE_LOG_LEVEL sets the level (default info). */
-export function createLogger(name = 'mare'): Logger {
-  return pino({ name, level: process.env.MARE_LOG_LEVEL ?? 'info' });
+/** Where a logger writes and what it redacts. */
+export interface LoggerOptions {
+  /** Default: a redactor built from the process environment (`createRedactor()`). */
+  redactor?: Redactor;
+  /** Default: standard output. */
+  destination?: DestinationStream;
+}
+
+/**
+ * The process logger. MARE_LOG_LEVEL sets the level (default info). Every line is redacted: the
+ * message and its interpolation arguments, the merged object (deep, errors included) and, as a last
+ * pass over the written JSON, child bindings and anything else that reached the line.
+ */
+export function createLogger(name = 'mare', opts: LoggerOptions = {}): Logger {
+  const redactor = opts.redactor ?? createRedactor();
+  const options: pino.LoggerOptions = {
+    name,
+    level: process.env.MARE_LOG_LEVEL ?? 'info',
+    // pino's own err serializer would retype an already redacted error shape as "Object".
+    serializers: { err: (err: unknown) => (err instanceof Error ? redactor.redactDeep(err) : err) },
+    hooks: {
+      logMethod(args, method) {
+        const redacted = (args as unknown[]).map((arg, i) =>
+          // pino logs a bare Error as { err } with its message; keep that shape once it is a plain object.
+          i === 0 && arg instanceof Error ? { err: redactor.redactDeep(arg) } : redactor.redactDeep(arg),
+        );
+        method.apply(this, redacted as Parameters<LogFn>);
+      },
+      // The built-in shapes never cross a quote, so this pass keeps the line valid JSON.
+      streamWrite: (line) => redactor.redact(line),
+    },
+  };
+  return opts.destination ? pino(options, opts.destination) : pino(options);
 }
