@@ -36,7 +36,7 @@ module.exports = tseslint.config(
             {
               // Every module a workflow imports is initialised again for each run; zod schemas there cost
               // 27% of the worker's CPU and 40% of its memory in `npm run bench` (bench/TUNING.md).
-              regex: '^zod(/.*)?$|(^|/)schemas(/(index|criteria|plan|role|tools|model|task))?$',
+              regex: '^zod(/.*)?$|(^|/)schemas(/(index|criteria|plan|role|tools|model|task|policy|toolConfig))?$',
               allowTypeImports: true,
               message: 'Workflow code imports only types from zod-built modules: use ../schemas/constants, ../schemas/usage, ../schemas/describe, and validate in an activity.',
             },

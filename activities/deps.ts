@@ -1,7 +1,10 @@
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
 import type { ModelClient } from './model';
+import type { PolicyService } from './policy/service';
 import type { RoleService } from './roles/service';
+import type { Redactor } from './secrets';
+import type { ToolCatalog } from './tools/catalog';
 
 /** What activities need from the outside world; injected by the worker (and by tests). */
 export interface ActivityDeps {
@@ -11,5 +14,11 @@ export interface ActivityDeps {
   roles: RoleService;
   /** Each task gets `<workspaceRoot>/<taskId>`; tools cannot leave it. */
   workspaceRoot: string;
+  /** Built-in and configured MCP tools, with the connections to their servers. */
+  tools: ToolCatalog;
+  /** The policies in force: cached, invalidated on change. */
+  policies: PolicyService;
+  /** Redacts known secrets from what is logged, audited and recorded. */
+  redactor: Redactor;
   logger: Logger;
 }

@@ -1,8 +1,10 @@
 import type { ActivityDeps } from './deps';
 import { createModelActivities } from './modelActivity';
 import { createPlannerActivities } from './planner';
+import { createPolicyActivities } from './policy';
 import { createRoleActivities } from './roles/activities';
 import { createStoreActivities } from './store';
+import { createToolActivities } from './tools';
 import { createVerifyActivities } from './verify';
 import { createWorkspaceActivities } from './workspace';
 
@@ -13,9 +15,11 @@ export function createActivities(deps: ActivityDeps) {
   return {
     ...createStoreActivities(deps),
     ...createRoleActivities(deps),
+    ...createPolicyActivities(deps),
     ...createPlannerActivities(deps),
     ...createModelActivities(deps),
     ...createWorkspaceActivities(deps),
+    ...createToolActivities(deps),
     ...createVerifyActivities(deps),
   };
 }

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { BUILTIN_TOOLS, ToolCall, type ChatMessage, type ModelRequest, type ModelResponse } from '../schemas';
 import { loadModelScript, ScriptedHttpError, ScriptedLanguageModel } from './scriptedModel';
 import { fromProviderToolName, toProviderToolName } from './toolNames';
+import type { ToolDescriptor } from './tools/catalog';
 import { projectRoot } from '../scripts/stack/datadir';
 import path from 'node:path';
 
@@ -27,7 +28,8 @@ export const DEMO_SCRIPT = 'scripts/demo-script.json';
 export interface ModelClient {
   readonly name: string;
   readonly offline: boolean;
-  generate(req: ModelRequest & { goal?: string }, abortSignal?: AbortSignal): Promise<ModelResponse>;
+  /** `toolSpecs` describe `req.tools` (the activity resolves them from the catalog); without them only built-in tools are described. */
+  generate(req: ModelRequest & { goal?: string; toolSpecs?: ToolDescriptor[] }, abortSignal?: AbortSignal): Promise<ModelResponse>;
 }
 
 /** Reads MARE_MODEL (and friends) from the environment; defaults to the offline demo script. */
@@ -90,7 +92,7 @@ export function createModelClient(config: ModelConfig): ModelClient {
         model,
         system: system || undefined,
         messages: toModelMessages(req.messages.filter((m) => m.role !== 'system')),
-        tools: toolSet(req.tools),
+        tools: toolSet(req.toolSpecs ?? builtinSpecs(req.tools)),
         maxRetries: 0,
         abortSignal,
         providerOptions: {
@@ -144,17 +146,22 @@ function isNetworkError(err: unknown): boolean {
   return typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EAI_AGAIN|ENOTFOUND|UND_ERR)/.test(code);
 }
 
-function toolSet(names: string[]): ToolSet {
+function toolSet(specs: ToolDescriptor[]): ToolSet {
   const set: ToolSet = {};
-  for (const name of names) {
-    const spec = BUILTIN_TOOLS.find((t) => t.name === name);
-    if (!spec) continue;
-    set[toProviderToolName(name)] = {
+  for (const spec of specs) {
+    set[toProviderToolName(spec.name)] = {
       description: spec.description,
-      inputSchema: jsonSchema(z.toJSONSchema(spec.inputSchema) as Parameters<typeof jsonSchema>[0]),
+      inputSchema: jsonSchema(spec.inputSchema as Parameters<typeof jsonSchema>[0]),
     };
   }
   return set;
+}
+
+/** Descriptions of the built-in tools among `names`. */
+function builtinSpecs(names: string[]): ToolDescriptor[] {
+  return BUILTIN_TOOLS.filter((t) => names.includes(t.name))
+    .sort((a, b) => names.indexOf(a.name) - names.indexOf(b.name))
+    .map((t) => ({ name: t.name, description: t.description, inputSchema: z.toJSONSchema(t.inputSchema) }));
 }
 
 function toModelMessages(messages: ChatMessage[]): ModelMessage[] {

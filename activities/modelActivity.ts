@@ -5,7 +5,11 @@ import type { ChatMessage, ModelRequest, ModelResponse } from '../schemas';
 import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
+import { McpUnavailableError } from './mcp/hub';
 import { classifyModelError } from './model';
+import { detectSensitivity } from './secrets';
+import { recordPolicyDecision } from './store';
+import type { ToolDescriptor } from './tools/catalog';
 
 const HEARTBEAT_EVERY_MS = 5_000;
 
@@ -16,7 +20,7 @@ const HEARTBEAT_EVERY_MS = 5_000;
  */
 export async function callModelWithHeartbeat(
   { model, pool }: Pick<ActivityDeps, 'model' | 'pool'>,
-  req: ModelRequest & { goal?: string },
+  req: ModelRequest & { goal?: string; toolSpecs?: ToolDescriptor[] },
   callIndex = 0,
 ): Promise<ModelResponse> {
   const ctx = Context.current();
@@ -69,9 +73,25 @@ async function appendTranscript(pool: Pool, transcript: { id: string; offset: nu
 export function createModelActivities(deps: ActivityDeps) {
   return {
     async callModel(req: ModelRequest): Promise<ModelResponse> {
-      const response = await callModelWithHeartbeat(deps, req);
+      let toolSpecs;
+      try {
+        toolSpecs = await deps.tools.describe(req.tools);
+      } catch (err) {
+        if (err instanceof McpUnavailableError) throw ApplicationFailure.retryable(deps.redactor.redact(err.message), 'ToolUnavailable');
+        throw err;
+      }
+      if (req.policy && req.meta.subtaskId) {
+        await recordPolicyDecision(deps.pool, deps.redactor, { taskId: req.meta.taskId, subtaskId: req.meta.subtaskId, key: req.policy.key, kind: 'model', target: req.policy.target, decision: req.policy.decision });
+      }
+      const response = await callModelWithHeartbeat(deps, { ...req, toolSpecs });
       deps.logger.debug({ model: response.model, kind: response.kind, usage: response.usage, subtask: req.meta.subtaskId }, 'model call');
-      return response.kind === 'tool_calls' ? { ...response, calls: await compactToolCalls(deps.pool, response.calls) } : response;
+      if (response.kind !== 'tool_calls') return response;
+      // What the model put in the arguments is checked here, where the secrets are known; policies see the result.
+      const calls = response.calls.map((call) => {
+        const sensitivity = detectSensitivity(call.args, deps.redactor);
+        return sensitivity.length ? { ...call, sensitivity } : call;
+      });
+      return { ...response, calls: await compactToolCalls(deps.pool, calls) };
     },
   };
 }

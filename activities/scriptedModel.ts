@@ -8,6 +8,11 @@ const ScriptReply = z.strictObject({
   toolCalls: z.array(z.strictObject({ name: z.string(), args: z.record(z.string(), z.unknown()) })).default([]),
   /** Fail this call with an HTTP-like status (exercises retry classification). */
   errorStatus: z.number().int().optional(),
+  /**
+   * Play a model that has been talked into misbehaving: if the latest tool result says
+   * `CALL <tool> <json arguments>`, request exactly that call instead of `toolCalls`.
+   */
+  obeyToolOutput: z.boolean().optional(),
 });
 
 const ScriptRule = z.strictObject({
@@ -100,10 +105,12 @@ export class ScriptedLanguageModel implements LanguageModelV3 {
     if (delay > 0) await sleep(delay, options.abortSignal);
     if (rule.reply.errorStatus !== undefined) throw new ScriptedHttpError(rule.reply.errorStatus);
 
+    const injected = rule.reply.obeyToolOutput ? instructionInToolOutput(options.prompt) : undefined;
+    const toolCalls = injected ? [injected] : rule.reply.toolCalls;
     const promptChars = JSON.stringify(options.prompt).length;
     const content: LanguageModelV3GenerateResult['content'] = [];
     if (rule.reply.text) content.push({ type: 'text', text: rule.reply.text });
-    rule.reply.toolCalls.forEach((c, i) =>
+    toolCalls.forEach((c, i) =>
       content.push({
         type: 'tool-call',
         toolCallId: `call_${turn}_${i}`,
@@ -111,10 +118,10 @@ export class ScriptedLanguageModel implements LanguageModelV3 {
         input: JSON.stringify(c.args),
       }),
     );
-    const outputChars = rule.reply.text.length + JSON.stringify(rule.reply.toolCalls).length;
+    const outputChars = rule.reply.text.length + JSON.stringify(toolCalls).length;
     return {
       content,
-      finishReason: { unified: rule.reply.toolCalls.length ? 'tool-calls' : 'stop', raw: undefined },
+      finishReason: { unified: toolCalls.length ? 'tool-calls' : 'stop', raw: undefined },
       // Offline usage is an estimate (4 characters a token), so totals stay meaningful in demos.
       usage: {
         inputTokens: { total: Math.ceil(promptChars / 4), noCache: undefined, cacheRead: undefined, cacheWrite: undefined },
@@ -127,6 +134,25 @@ export class ScriptedLanguageModel implements LanguageModelV3 {
   doStream(): never {
     throw new Error('the scripted model does not stream');
   }
+}
+
+/** The `CALL <tool> {json}` instruction in the latest tool result, if there is one. */
+function instructionInToolOutput(prompt: LanguageModelV3CallOptions['prompt']): { name: string; args: Record<string, unknown> } | undefined {
+  const last = [...prompt].reverse().find((m) => m.role === 'tool');
+  if (!last || last.role !== 'tool') return undefined;
+  for (const part of last.content) {
+    if (part.type !== 'tool-result') continue;
+    const output = part.output as { type: string; value?: unknown };
+    const text = typeof output.value === 'string' ? output.value : '';
+    const match = /CALL\s+([\w.-]+)\s+(\{.*?\})\s*$/m.exec(text);
+    if (!match) continue;
+    try {
+      return { name: match[1]!, args: JSON.parse(match[2]!) as Record<string, unknown> };
+    } catch {
+      continue;
+    }
+  }
+  return undefined;
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -1,9 +1,10 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
 import { z } from 'zod';
-import { TaskRequest, type CompensationOutcome, type SubtaskResult, type TaskResult } from '../schemas';
+import { TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { activityKey, sha256 } from './idempotency';
+import type { Redactor } from './secrets';
 
 /** Stores content once under its sha256 and returns the digest. */
 export async function putBlob(pool: Pool, content: string): Promise<string> {
@@ -24,15 +25,41 @@ export async function audit(pool: Pool, taskId: string, kind: string, data: unkn
   );
 }
 
+/** One policy decision, with the key of the call it was made for. */
+export interface PolicyDecisionRecord {
+  taskId: string;
+  subtaskId: string;
+  key: string;
+  kind: 'tool' | 'model';
+  target: string;
+  decision: PolicyDecision;
+}
+
+/**
+ * Records a policy decision with the policy version and rule that made it (once per key). An
+ * allowed call's decision is recorded by the call's own activity; others by recordPolicyDecision.
+ */
+export async function recordPolicyDecision(pool: Pool, redactor: Redactor, input: PolicyDecisionRecord): Promise<void> {
+  const { decision: d } = input;
+  await pool.query(
+    `INSERT INTO policy_decisions (decision_key, task_id, subtask_id, kind, target, decision, reason, policy, rule)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (decision_key) DO NOTHING`,
+    [input.key, input.taskId, input.subtaskId, input.kind, input.target, d.decision, redactor.redact(d.reason), d.policy ?? null, d.rule ?? null],
+  );
+  if (d.decision !== 'allow') {
+    await audit(pool, input.taskId, `policy.${d.decision}`, { subtaskId: input.subtaskId, kind: input.kind, target: input.target, policy: d.policy, rule: d.rule, reason: redactor.redact(d.reason) });
+  }
+}
+
 /** Bookkeeping activities: every write is keyed so a retried activity never writes twice. */
-export function createStoreActivities({ pool }: ActivityDeps) {
+export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) {
   async function recordTask(input: { taskId: string; workflowId: string; goal: string; tenant: string }): Promise<void> {
     await pool.query(
       `INSERT INTO tasks (task_id, workflow_id, goal, tenant, status) VALUES ($1, $2, $3, $4, 'RUNNING')
        ON CONFLICT (task_id) DO NOTHING`,
       [input.taskId, input.workflowId, input.goal, input.tenant],
     );
-    await audit(pool, input.taskId, 'task.started', { goal: input.goal, tenant: input.tenant });
+    await audit(pool, input.taskId, 'task.started', { goal: redactor.redact(input.goal), tenant: input.tenant });
   }
 
   return {
@@ -62,13 +89,44 @@ export function createStoreActivities({ pool }: ActivityDeps) {
       tool: string;
       args: Record<string, unknown>;
       role: string;
+      /** Why (runs started before reasons were passed: the role had no grant). */
+      reason?: string;
     }): Promise<void> {
+      const reason = redactor.redact(input.reason ?? `role ${input.role} has no grant for ${input.tool}`);
+      // The logger redacts secrets itself; operators see what was refused and with which arguments.
+      logger.info({ taskId: input.taskId, subtaskId: input.subtaskId, tool: input.tool, args: input.args, reason: input.reason }, 'tool call denied');
       await pool.query(
         `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail)
          VALUES ($1, $2, $3, $4, $5, 'denied', $6) ON CONFLICT (call_key) DO NOTHING`,
-        [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(input.args), `role ${input.role} has no grant for ${input.tool}`],
+        [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(redactor.redactDeep(input.args)), reason],
       );
-      await audit(pool, input.taskId, 'tool.denied', { subtaskId: input.subtaskId, tool: input.tool, role: input.role });
+      await audit(pool, input.taskId, 'tool.denied', { subtaskId: input.subtaskId, tool: input.tool, role: input.role, ...(input.reason ? { reason } : {}) });
+    },
+
+    /** Records a policy decision that did not ride along with its call (a denial or an escalation). */
+    async recordPolicyDecision(input: PolicyDecisionRecord): Promise<void> {
+      await recordPolicyDecision(pool, redactor, input);
+    },
+
+    /** Records a pending approval; returns its view with the arguments redacted, for the workflow's query. */
+    async recordApprovalRequested(input: { view: ApprovalView; callKey: string }): Promise<ApprovalView> {
+      const view: ApprovalView = { ...input.view, args: redactor.redactDeep(input.view.args), reason: redactor.redact(input.view.reason) };
+      await pool.query(
+        `INSERT INTO approvals (task_id, approval_id, subtask_id, workflow_id, call_key, kind, target, args, reason, policy, status, deadline)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11) ON CONFLICT (task_id, approval_id) DO NOTHING`,
+        [view.taskId, view.approvalId, view.subtaskId, view.workflowId, input.callKey, view.kind, view.target, JSON.stringify(view.args), view.reason, view.policy ?? null, view.deadline],
+      );
+      await audit(pool, view.taskId, 'approval.requested', { approvalId: view.approvalId, subtaskId: view.subtaskId, kind: view.kind, target: view.target, policy: view.policy, deadline: view.deadline });
+      return view;
+    },
+
+    /** Records how an approval was decided: by a person, or by the policy's default at the deadline. */
+    async recordApprovalDecided(input: { taskId: string; approvalId: string; status: ApprovalView['status']; by: string; reason: string }): Promise<void> {
+      await pool.query(
+        `UPDATE approvals SET status = $3, decided_by = $4, decision_reason = $5, decided_at = now() WHERE task_id = $1 AND approval_id = $2 AND status = 'pending'`,
+        [input.taskId, input.approvalId, input.status, redactor.redact(input.by), redactor.redact(input.reason)],
+      );
+      await audit(pool, input.taskId, 'approval.decided', { approvalId: input.approvalId, status: input.status, by: redactor.redact(input.by), reason: redactor.redact(input.reason) });
     },
 
     async recordSubtask({ taskId, result }: { taskId: string; result: SubtaskResult }): Promise<void> {
@@ -128,7 +186,7 @@ export function createStoreActivities({ pool }: ActivityDeps) {
         `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, updated_at = now() WHERE task_id = $1`,
         [result.taskId, result.status, JSON.stringify(result), JSON.stringify(result.plan), result.planFallbackReason ?? null],
       );
-      await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error });
+      await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) });
     },
   };
 }

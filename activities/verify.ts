@@ -110,7 +110,8 @@ export function createVerifyActivities(deps: ActivityDeps) {
         [evidenceId, input.taskId, input.subtaskId, input.attempt, passed, score, JSON.stringify(evidence)],
       );
       await audit(pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId });
-      return { passed, score, threshold: input.threshold, feedback, evidenceId, results, usage: spend.usage, models: [...spend.models] };
+      // The feedback reaches the progress query and the retry's prompt: no secrets in it.
+      return { passed, score, threshold: input.threshold, feedback: deps.redactor.redact(feedback), evidenceId, results, usage: spend.usage, models: [...spend.models] };
     },
   };
 }

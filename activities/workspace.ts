@@ -13,9 +13,10 @@ import {
   type UndoStep,
 } from '../schemas';
 import type { ActivityDeps } from './deps';
-import { audit, putBlob } from './store';
+import { audit, putBlob, recordPolicyDecision } from './store';
 import { expandArgs } from './blobRefs';
-import { sha256 } from './idempotency';
+import { activityKey, sha256 } from './idempotency';
+import { detectSensitivity } from './secrets';
 
 /** A path the tools refuse: outside the workspace, through a symlink, or malformed. */
 export class WorkspacePathError extends Error {
@@ -55,8 +56,12 @@ export async function resolveInWorkspace(workspace: string, rel: string): Promis
 }
 
 /** The built-in workspace tools and their undo. Tool failures go back to the model as tool errors. */
-export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps) {
-  /** Validates arguments and runs the tool; bad input becomes a tool error, infrastructure errors retry. */
+export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: ActivityDeps) {
+  /**
+   * Validates arguments and runs the tool; bad input becomes a tool error, infrastructure errors
+   * retry. A retry of a call that already finished returns the recorded result (its idempotency key
+   * is the workflow and activity id), so nothing applies twice.
+   */
   async function run<S extends z.ZodType>(
     ctx: ToolCallContext,
     tool: string,
@@ -64,6 +69,9 @@ export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps)
     rawArgs: unknown,
     fn: (args: z.infer<S>, workspace: string) => Promise<ToolResult>,
   ): Promise<ToolResult> {
+    const earlier = await pool.query<{ result: ToolResult }>('SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', [ctx.callKey]);
+    if (earlier.rows[0]) return earlier.rows[0].result;
+    if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: tool, decision: ctx.policy });
     const args = await expandArgs(pool, rawArgs);
     const parsed = schema.safeParse(args);
     let result: ToolResult;
@@ -77,11 +85,24 @@ export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps)
         result = { ok: false, content: (err as Error).message };
       }
     }
+    const sensitivity = detectSensitivity(result.content, redactor);
+    if (sensitivity.length) result.sensitivity = sensitivity;
     await pool.query(
-      `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail, attempts)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-       ON CONFLICT (call_key) DO UPDATE SET attempts = GREATEST(tool_calls.attempts, EXCLUDED.attempts)`,
-      [ctx.callKey, ctx.taskId, ctx.subtaskId, tool, JSON.stringify(redactContent(args)), result.ok ? 'ok' : 'error', result.content.slice(0, 500), Context.current().info.attempt],
+      `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail, attempts, idempotency_key, result)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+       ON CONFLICT (call_key) DO UPDATE SET attempts = GREATEST(tool_calls.attempts, EXCLUDED.attempts), result = EXCLUDED.result`,
+      [
+        ctx.callKey,
+        ctx.taskId,
+        ctx.subtaskId,
+        tool,
+        JSON.stringify(redactor.redactDeep(redactContent(args))),
+        result.ok ? 'ok' : 'error',
+        redactor.redact(result.content.slice(0, 500)),
+        Context.current().info.attempt,
+        activityKey(),
+        JSON.stringify(result),
+      ],
     );
     return result;
   }
@@ -132,37 +153,36 @@ export function createWorkspaceActivities({ pool, workspaceRoot }: ActivityDeps)
         return { ok: true, content: `wrote ${Buffer.byteLength(content)} bytes to ${rel}` };
       });
     },
-
-    /** Carries out one undo step; running it twice has the effect of running it once. */
-    async compensate(step: UndoStep): Promise<string> {
-      if (step.tool !== 'workspace.write') throw ApplicationFailure.nonRetryable(`no undo is known for tool ${step.tool}`, 'NoUndoKnown');
-      const { rows } = await pool.query<{ path: string; existed: boolean; content: string | null }>(
-        'SELECT path, existed, content FROM workspace_snapshots WHERE call_key = $1',
-        [step.callKey],
-      );
-      const snap = rows[0];
-      let detail: string;
-      if (!snap) {
-        detail = 'nothing to undo: the write never ran';
-      } else {
-        // A path that now leaves the workspace (say, a directory swapped for a symlink) is never followed;
-        // retrying cannot help, so the undo fails at once and the task reports it.
-        const target = await resolveInWorkspace(taskWorkspace(workspaceRoot, step.taskId), snap.path).catch((err: unknown) => {
-          throw err instanceof WorkspacePathError ? ApplicationFailure.nonRetryable(`undo refused: ${err.message}`, 'UndoRefused') : err;
-        });
-        if (snap.existed) {
-          await writeFile(target, snap.content ?? '', 'utf8');
-          detail = `restored previous content of ${snap.path}`;
-        } else {
-          const existed = await stat(target).then(() => true, () => false);
-          await rm(target, { force: true });
-          detail = existed ? `deleted ${snap.path}, which the write had created` : `${snap.path} already absent`;
-        }
-      }
-      await audit(pool, step.taskId, 'compensation.applied', { callKey: step.callKey, detail });
-      return detail;
-    },
   };
+}
+
+/** Undoes one workspace.write from its snapshot; running it twice has the effect of running it once. */
+export async function undoWorkspaceWrite({ pool, workspaceRoot }: Pick<ActivityDeps, 'pool' | 'workspaceRoot'>, step: UndoStep): Promise<string> {
+  const { rows } = await pool.query<{ path: string; existed: boolean; content: string | null }>(
+    'SELECT path, existed, content FROM workspace_snapshots WHERE call_key = $1',
+    [step.callKey],
+  );
+  const snap = rows[0];
+  let detail: string;
+  if (!snap) {
+    detail = 'nothing to undo: the write never ran';
+  } else {
+    // A path that now leaves the workspace (say, a directory swapped for a symlink) is never followed;
+    // retrying cannot help, so the undo fails at once and the task reports it.
+    const target = await resolveInWorkspace(taskWorkspace(workspaceRoot, step.taskId), snap.path).catch((err: unknown) => {
+      throw err instanceof WorkspacePathError ? ApplicationFailure.nonRetryable(`undo refused: ${err.message}`, 'UndoRefused') : err;
+    });
+    if (snap.existed) {
+      await writeFile(target, snap.content ?? '', 'utf8');
+      detail = `restored previous content of ${snap.path}`;
+    } else {
+      const existed = await stat(target).then(() => true, () => false);
+      await rm(target, { force: true });
+      detail = existed ? `deleted ${snap.path}, which the write had created` : `${snap.path} already absent`;
+    }
+  }
+  await audit(pool, step.taskId, 'compensation.applied', { callKey: step.callKey, detail });
+  return detail;
 }
 
 /** File contents are large and may be sensitive: the tool_calls row keeps their digest only. */

@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from 'commander';
-import { MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError } from './client';
+import { ApprovalNotFoundError, ApprovalRejectedError, MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError } from './client';
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
 import { runDemo } from './demo';
 import { registerRoleCommands, UsageError } from './rolesCommand';
+import { registerPolicyCommands } from './policiesCommand';
+import { registerApprovalCommands } from './approvalsCommand';
+import { PolicyNotFoundError, PolicyRepositoryError, PolicyValidationError } from '../activities/policy';
 import {
   RoleDirectoryError,
   RoleIntegrityError,
@@ -14,6 +17,7 @@ import {
   RoleValidationError,
   UnknownRoleKeyError,
 } from '../activities/roles';
+import { ToolsConfigError } from '../activities/tools';
 import { createLogger } from '../workers/logger';
 import { runWorkerFromEnv, writeWorkflowBundle } from '../workers/worker';
 import type { TaskProgress } from '../schemas';
@@ -31,6 +35,9 @@ const KNOWN_ERRORS = [
   InvalidTaskRequestError,
   TaskNotFoundError,
   TemporalUnavailableError,
+  ApprovalNotFoundError,
+  ApprovalRejectedError,
+  ToolsConfigError,
   RoleValidationError,
   RoleRepositoryError,
   RoleNotFoundError,
@@ -38,6 +45,9 @@ const KNOWN_ERRORS = [
   RoleKeyError,
   RoleIntegrityError,
   UnknownRoleKeyError,
+  PolicyValidationError,
+  PolicyRepositoryError,
+  PolicyNotFoundError,
   UsageError,
 ];
 
@@ -51,9 +61,11 @@ function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...arg
       const message =
         err instanceof RoleValidationError
           ? `invalid role profile ${err.role}:\n${err.problems.map((p) => `  ${p.field}: ${p.message}`).join('\n')}`
-          : err instanceof Error
-            ? err.message
-            : String(err);
+          : err instanceof PolicyValidationError
+            ? `invalid policy ${err.policy}:\n${err.problems.map((p) => `  ${p.field}: ${p.message}`).join('\n')}`
+            : err instanceof Error
+              ? err.message
+              : String(err);
       process.stderr.write(`mare: ${message}\n`);
       if (!known && process.env.MARE_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
       process.exitCode = known && !(err instanceof TemporalUnavailableError) ? 2 : 1;
@@ -211,6 +223,8 @@ program
   );
 
 registerRoleCommands(program, action, print);
+registerPolicyCommands(program, action, print);
+registerApprovalCommands(program, action, print);
 
 // Exit explicitly once a command is done: the SDK's native runtime can keep the event loop alive.
 void program.parseAsync(process.argv).then(() => process.exit());

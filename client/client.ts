@@ -1,9 +1,20 @@
 import { randomUUID } from 'node:crypto';
-import { Client, Connection, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
+import { Client, Connection, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { z } from 'zod';
-import { TASK_QUEUE, TaskId, TaskRequest, taskWorkflowId, type SubtaskProgress, type TaskProgress, type TaskResult } from '../schemas';
-import { progressQuery, subtaskProgressQuery } from '../workflows/definitions';
+import {
+  SEARCH_ATTRIBUTES,
+  TASK_QUEUE,
+  TaskId,
+  TaskRequest,
+  taskWorkflowId,
+  type ApprovalDecision,
+  type ApprovalView,
+  type SubtaskProgress,
+  type TaskProgress,
+  type TaskResult,
+} from '../schemas';
+import { approvalsQuery, decideApprovalUpdate, progressQuery, subtaskProgressQuery } from '../workflows/definitions';
 import type { orchestrateTask } from '../workflows';
 
 /** What `submitTask` accepts: a TaskRequest whose taskId (the idempotency key) is optional. */
@@ -37,6 +48,22 @@ export class TaskNotFoundError extends Error {
   constructor(readonly taskId: string) {
     super(`no task with id "${taskId}"`);
   }
+}
+
+/** No approval with that id in the task. */
+export class ApprovalNotFoundError extends Error {
+  override readonly name = 'ApprovalNotFoundError';
+  constructor(
+    readonly taskId: string,
+    readonly approvalId: string,
+  ) {
+    super(`task "${taskId}" has no approval "${approvalId}"`);
+  }
+}
+
+/** The workflow refused the decision: the approval is no longer pending, or the decision is malformed. */
+export class ApprovalRejectedError extends Error {
+  override readonly name = 'ApprovalRejectedError';
 }
 
 /** A task as `getTask` sees it. */
@@ -166,6 +193,60 @@ export class MareClient {
       await this.client.workflow.getHandle(taskWorkflowId(checkId(taskId))).cancel();
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) throw new TaskNotFoundError(taskId);
+      throw err;
+    }
+  }
+
+  /** Every approval of a task (pending and decided), from its subtasks' `approvals` queries. */
+  async approvals(taskId: string): Promise<ApprovalView[]> {
+    const handle = this.client.workflow.getHandle(taskWorkflowId(checkId(taskId)));
+    let progress: TaskProgress;
+    try {
+      progress = await handle.query(progressQuery);
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new TaskNotFoundError(taskId);
+      throw err;
+    }
+    const started = progress.subtasks.filter((s) => s.state !== 'pending' && s.state !== 'skipped');
+    const lists = await Promise.all(
+      started.map((s) =>
+        this.client.workflow
+          .getHandle(s.workflowId)
+          .query(approvalsQuery)
+          .catch(() => [] as ApprovalView[]), // runs from before approvals existed, or not started yet
+      ),
+    );
+    return lists.flat();
+  }
+
+  /** Approvals waiting for a person in every running task (visibility: `MarePendingApproval`). */
+  async pendingApprovals(): Promise<ApprovalView[]> {
+    const out: ApprovalView[] = [];
+    const query = `${SEARCH_ATTRIBUTES.pendingApproval.name} IS NOT NULL AND ExecutionStatus = 'Running'`;
+    for await (const wf of this.client.workflow.list({ query })) {
+      const views = await this.client.workflow
+        .getHandle(wf.workflowId)
+        .query(approvalsQuery)
+        .catch(() => [] as ApprovalView[]);
+      out.push(...views.filter((v) => v.status === 'pending'));
+    }
+    return out;
+  }
+
+  /**
+   * Approves or denies a pending approval through the `decideApproval` update. `updateId` makes a
+   * retried decision idempotent: the same id twice has one effect and returns the same answer.
+   */
+  async decideApproval(taskId: string, decision: ApprovalDecision, opts: { updateId?: string } = {}): Promise<ApprovalView> {
+    const view = (await this.approvals(taskId)).find((a) => a.approvalId === decision.approvalId);
+    if (!view) throw new ApprovalNotFoundError(taskId, decision.approvalId);
+    try {
+      return await this.client.workflow.getHandle(view.workflowId).executeUpdate(decideApprovalUpdate, {
+        args: [decision],
+        updateId: opts.updateId ?? `${decision.approvalId}:${decision.decision}:${randomUUID()}`,
+      });
+    } catch (err) {
+      if (err instanceof WorkflowUpdateFailedError) throw new ApprovalRejectedError(`approval ${decision.approvalId}: ${err.cause?.message ?? err.message}`);
       throw err;
     }
   }

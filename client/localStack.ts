@@ -3,11 +3,12 @@ import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createModelClient, modelConfigFromEnv, type ModelClient } from '../activities/model';
 import { keyringFromEnv, openRoleService, type RoleKeyring } from '../activities/roles';
+import { loadToolsConfig } from '../activities/tools';
 import { migrate } from '../db/migrate';
 import { dataDir } from '../scripts/stack/datadir';
 import { redactUrl, resolveDatabase } from '../scripts/stack/postgres';
 import { resolveTemporalCli, startTemporalDevServer } from '../scripts/stack/temporal';
-import { createMareWorker, installRuntime, workspaceRootFromEnv } from '../workers/worker';
+import { createMareWorker, installRuntime, openWorkerServices, workspaceRootFromEnv } from '../workers/worker';
 
 /** A running local stack: Temporal dev server, PostgreSQL, migrations applied, one worker. */
 export interface LocalStack {
@@ -35,6 +36,7 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
   };
   try {
     const model = createModelClient(modelConfigFromEnv());
+    const toolsConfig = loadToolsConfig();
     const keyring: RoleKeyring = keyringFromEnv({
       dataDir: dataDir(),
       generate: true,
@@ -53,16 +55,18 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
     const connection = await NativeConnection.connect({ address: temporal.address });
     const pool = new Pool({ connectionString: db.url, max: 10 });
     const roles = await openRoleService({ pool, keyring, logger });
+    const services = await openWorkerServices({ pool, logger, toolsConfig });
     const worker = await createMareWorker({
       connection,
       namespace: temporal.namespace,
-      deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger },
+      deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger, tools: services.tools, policies: services.policies, redactor: services.redactor },
     });
     const running = worker.run();
     stops.push(async () => {
       if (worker.getState() === 'RUNNING') worker.shutdown();
       await running;
       await connection.close();
+      await services.close();
       await roles.close();
       await pool.end();
     });

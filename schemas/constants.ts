@@ -15,6 +15,8 @@ export const SEARCH_ATTRIBUTES = {
   tenant: defineSearchAttributeKey('MareTenant', SearchAttributeType.KEYWORD),
   /** Role versions a run embodied, as `name@version` (a subtask: its one role; a task: all of them). */
   roles: defineSearchAttributeKey('MareRoles', SearchAttributeType.KEYWORD_LIST),
+  /** Approvals a run waits on (ids); empty when none is pending. */
+  pendingApproval: defineSearchAttributeKey('MarePendingApproval', SearchAttributeType.KEYWORD_LIST),
 } as const;
 
 /** The access a built-in tool needs; tools not listed here need "write". */

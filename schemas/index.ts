@@ -5,3 +5,4 @@ export * from './tools';
 export * from './model';
 export * from './task';
 export * from './constants';
+export * from './policy';

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { PolicyDecision } from './policy';
 import type { ToolCall } from './tools';
 
 /** Why a model is called; the scripted offline model matches its rules on this. */
@@ -34,6 +35,8 @@ export interface ModelRequest {
   /** The role's preferred model (`provider:model`); used when the worker runs that provider. */
   modelPreference?: string;
   meta: ModelCallMeta;
+  /** The policy decision that allowed the call (`key`: its record's key); the activity records it. */
+  policy?: { key: string; target: string; decision: PolicyDecision };
 }
 
 /** Tokens spent, in and out. */

@@ -38,6 +38,8 @@ export interface SubtaskInput {
   goal: string;
   subtask: Subtask;
   dependencies: DependencyOutput[];
+  /** The task's tenant, for policies (runs started before it was passed: "default"). */
+  tenant?: string;
 }
 
 /** What one embodiment produced: output, verification, usage, and the undo steps it registered. */
@@ -67,7 +69,40 @@ export interface SubtaskResult {
   /** Undo steps registered by this subtask, oldest first. */
   undo: UndoStep[];
   deniedToolCalls: number;
+  /** Calls escalated to a person, and how each was decided. */
+  approvals?: ApprovalView[];
   error?: string;
+}
+
+/** A call a policy escalated to a person, as the `approvals` query and `mare approvals` show it. */
+export interface ApprovalView {
+  approvalId: string;
+  taskId: string;
+  subtaskId: string;
+  workflowId: string;
+  kind: 'tool' | 'model';
+  /** The tool (`server.tool`) or model. */
+  target: string;
+  /** The call's arguments with secrets redacted. */
+  args: Record<string, unknown>;
+  /** Why the policy escalated, and which policy rule did (`name@version#rule`). */
+  reason: string;
+  policy?: string;
+  status: 'pending' | 'approved' | 'denied' | 'timed_out';
+  /** ISO time after which the policy's default decision applies. */
+  deadline: string;
+  onTimeout: 'allow' | 'deny';
+  decidedBy?: string;
+  decisionReason?: string;
+}
+
+/** A person's decision on a pending approval (the `decideApproval` update's argument). */
+export interface ApprovalDecision {
+  approvalId: string;
+  decision: 'approve' | 'deny';
+  reason: string;
+  /** Who decided; recorded with the decision. */
+  by?: string;
 }
 
 /** One subtask's line in the progress of a task. */
@@ -79,6 +114,8 @@ export interface SubtaskProgress {
   attempts: number;
   latestStep: string;
   workflowId: string;
+  /** Ids of this subtask's approvals still waiting for a person. */
+  pendingApprovals?: string[];
 }
 
 /** The `progress` query of a task. */

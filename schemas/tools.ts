@@ -1,11 +1,14 @@
 import { z } from 'zod';
 import { WorkspacePath } from './criteria';
+import type { PolicyDecision, Sensitivity } from './policy';
 
 /** A tool call requested by a model. `id` is unique within one subtask run. */
 export const ToolCall = z.object({
   id: z.string().min(1),
   name: z.string().min(1),
   args: z.record(z.string(), z.unknown()),
+  /** Sensitive data the model-call activity detected in the arguments (secrets, personal data). */
+  sensitivity: z.array(z.enum(['secret', 'pii'])).optional(),
 });
 export type ToolCall = z.infer<typeof ToolCall>;
 
@@ -16,6 +19,31 @@ export interface ToolResult {
   content: string;
   /** sha256 of the full content in the `blobs` table when `content` was truncated. */
   contentRef?: string;
+  /** Sensitive data detected in the output; the context given to later model calls carries it. */
+  sensitivity?: Sensitivity[];
+}
+
+/** What the workflow needs to know about a tool to mediate and schedule a call of it. */
+export interface ToolInfo {
+  /** `workspace.read`, or `server.tool` for an MCP tool. */
+  name: string;
+  builtin: boolean;
+  access: 'read' | 'write';
+  /** An undo is known (built-in, or configured for the MCP tool). */
+  undo: boolean;
+  /** A write without an undo that may run only after a person approves it. */
+  irreversible: boolean;
+  timeoutMs: number;
+  retry: { maximumAttempts: number; initialIntervalMs: number; maximumIntervalMs: number; backoffCoefficient: number };
+  /** Estimated cost of one call in US dollars. */
+  cost: number;
+}
+
+/** The tools an embodiment may use, as the workers are configured; pinned for the run. */
+export interface ToolCatalogView {
+  tools: ToolInfo[];
+  /** Price of 1,000 model tokens in US dollars, for the estimated cost of model calls. */
+  modelPricePer1kTokens: number;
 }
 
 /** Identifies one tool call durably: the key for idempotent writes and for its undo snapshot. */
@@ -23,6 +51,8 @@ export interface ToolCallContext {
   taskId: string;
   subtaskId: string;
   callKey: string;
+  /** The policy decision that allowed the call; the tool's activity records it. */
+  policy?: PolicyDecision;
 }
 
 /** Arguments of the built-in workspace tools. */

@@ -5,7 +5,7 @@ import pino from 'pino';
 import { createModelClient } from '../activities/model';
 import type { TaskResult } from '../schemas';
 import { createMareWorker } from '../workers/worker';
-import { createTestStack, type ScriptInput, type TestStack } from './helpers';
+import { builtinToolDeps, createTestStack, type ScriptInput, type TestStack } from './helpers';
 
 // The real `mare` command from dist/ (npm test builds it first), against the test Temporal server.
 const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
@@ -105,7 +105,7 @@ test('mare bundle writes a zod-free bundle that a worker loads from its path (as
   const worker = await createMareWorker({
     connection: stack.env.nativeConnection,
     workflowBundle: { codePath: file },
-    deps: { pool: stack.pool, model, roles: stack.roles, workspaceRoot: stack.workspaceRoot, logger: pino({ level: 'silent' }) },
+    deps: { pool: stack.pool, model, roles: stack.roles, policies: stack.policies, ...builtinToolDeps(), workspaceRoot: stack.workspaceRoot, logger: pino({ level: 'silent' }) },
     shutdownGraceTime: '1 second',
   });
   const result = await worker.runUntil(async () => {

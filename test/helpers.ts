@@ -2,13 +2,17 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { DefaultLogger, Runtime, type Worker } from '@temporalio/worker';
+import { DefaultLogger, Runtime, type Worker, type WorkerOptions } from '@temporalio/worker';
 import type { temporal } from '@temporalio/proto';
 import { Pool } from 'pg';
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import { createModelClient } from '../activities/model';
 import type { ModelScript } from '../activities/scriptedModel';
+import { openPolicyService, type PolicyService } from '../activities/policy';
 import { keyringEnv, newKey, openRoleService, type RoleKeyring, type RoleService } from '../activities/roles';
+import { createRedactor } from '../activities/secrets';
+import { ToolCatalog } from '../activities/tools';
+import { ToolsConfig } from '../schemas/toolConfig';
 import { MareClient } from '../client/client';
 import { migrate } from '../db/migrate';
 import { createScratchDatabase } from '../db/scratch';
@@ -35,8 +39,13 @@ export interface TestStack {
   roleKeysEnv: Record<string, string>;
   workspaceRoot: string;
   dir: string;
-  /** Starts an in-process worker whose offline model follows `script`; stops it after `fn`. */
-  withWorker<T>(script: ScriptInput, fn: (worker: Worker) => Promise<T>): Promise<T>;
+  /** The policy service workers of this stack share. */
+  policies: PolicyService;
+  /**
+   * Starts an in-process worker whose offline model follows `script` (with MCP tools from
+   * `toolsConfig`, if given); stops it, and its MCP connections, after `fn`.
+   */
+  withWorker<T>(script: ScriptInput, fn: (worker: Worker) => Promise<T>, opts?: { toolsConfig?: unknown; logger?: Logger; interceptors?: WorkerOptions['interceptors'] }): Promise<T>;
   /** Writes a model script to a file and returns its path. */
   writeScript(script: ScriptInput): string;
   teardown(): Promise<void>;
@@ -49,7 +58,7 @@ export async function createTestStack(): Promise<TestStack> {
   const env = await TestWorkflowEnvironment.createLocal({
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: Object.values(SEARCH_ATTRIBUTES) },
   });
-  const { pool, databaseUrl, roles, keyring, drop } = await createTestDatabase();
+  const { pool, databaseUrl, roles, policies, keyring, drop } = await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'mare-test-'));
   const workspaceRoot = path.join(dir, 'workspaces');
   const bundle = { code: readFileSync(BUNDLE_PATH, 'utf8') };
@@ -68,20 +77,29 @@ export async function createTestStack(): Promise<TestStack> {
     pool,
     databaseUrl,
     roles,
+    policies,
     keyring,
     roleKeysEnv: keyringEnv(keyring),
     workspaceRoot,
     dir,
     writeScript,
-    async withWorker(script, fn) {
+    async withWorker(script, fn, opts = {}) {
       const model = createModelClient({ provider: 'scripted', modelId: writeScript(script) });
-      const worker = await createMareWorker({
-        connection: env.nativeConnection,
-        workflowBundle: bundle,
-        deps: { pool, model, roles, workspaceRoot, logger },
-        shutdownGraceTime: '1 second',
-      });
-      return worker.runUntil(fn(worker));
+      const toolsConfig = ToolsConfig.parse(opts.toolsConfig ?? {});
+      const tools = new ToolCatalog(toolsConfig);
+      const redactor = createRedactor(toolsConfig.secrets);
+      try {
+        const worker = await createMareWorker({
+          connection: env.nativeConnection,
+          workflowBundle: bundle,
+          deps: { pool, model, roles, policies, tools, redactor, workspaceRoot, logger: opts.logger ?? logger },
+          shutdownGraceTime: '1 second',
+          ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
+        });
+        return await worker.runUntil(fn(worker));
+      } finally {
+        await tools.close();
+      }
     },
     async teardown() {
       await env.teardown();
@@ -97,11 +115,12 @@ export function testKeyring(): RoleKeyring {
   return { activeKeyId: id, keys: new Map([[id, key]]), origin: 'test' };
 }
 
-/** A test database: pool, URL, its role service (default roles published) and keyring. */
+/** A test database: pool, URL, its role service (default roles published), policy service and keyring. */
 export interface TestDatabase {
   pool: Pool;
   databaseUrl: string;
   roles: RoleService;
+  policies: PolicyService;
   keyring: RoleKeyring;
   drop(): Promise<void>;
 }
@@ -117,13 +136,16 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   pool.on('error', () => undefined);
   const keyring = testKeyring();
   const roles = await openRoleService({ pool, keyring });
+  const policies = await openPolicyService({ pool });
   return {
     pool,
     databaseUrl,
     roles,
+    policies,
     keyring,
     async drop() {
       await roles.close();
+      await policies.close();
       await pool.end();
       await drop();
     },
@@ -189,4 +211,10 @@ export function localActivities(events: temporal.api.history.v1.IHistoryEvent[])
     const raw = typeof data === 'string' ? Buffer.from(data, 'base64').toString() : Buffer.from(data).toString();
     return [(JSON.parse(raw) as { activity_type: string }).activity_type];
   });
+}
+
+/** Tool catalog (built-in tools only) and redactor for tests that build activity deps by hand. */
+export function builtinToolDeps(): { tools: ToolCatalog; redactor: ReturnType<typeof createRedactor> } {
+  const config = ToolsConfig.parse({});
+  return { tools: new ToolCatalog(config), redactor: createRedactor(config.secrets) };
 }

@@ -5,7 +5,8 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import pino from 'pino';
 import { createModelClient } from '../activities/model';
 import { createWorkspaceActivities, resolveInWorkspace, WorkspacePathError } from '../activities/workspace';
-import { createTestDatabase, type TestDatabase } from './helpers';
+import { createToolActivities } from '../activities/tools';
+import { builtinToolDeps, createTestDatabase, type TestDatabase } from './helpers';
 
 let dir: string;
 let ws: string;
@@ -34,14 +35,15 @@ test.each([
 
 describe('workspace.write and its undo, as activities against PostgreSQL', () => {
   let db: TestDatabase;
-  let acts: ReturnType<typeof createWorkspaceActivities>;
+  let acts: ReturnType<typeof createWorkspaceActivities> & Pick<ReturnType<typeof createToolActivities>, 'compensate'>;
   const root = (): string => path.join(dir, 'roots');
   const run = <A extends unknown[], R>(fn: (...a: A) => Promise<R>, ...args: A): Promise<R> =>
     new MockActivityEnvironment({ attempt: 1 }).run(fn, ...args);
   beforeAll(async () => {
     db = await createTestDatabase();
     const model = createModelClient({ provider: 'scripted', modelId: path.join(__dirname, '..', 'scripts', 'demo-script.json') });
-    acts = createWorkspaceActivities({ pool: db.pool, roles: db.roles, workspaceRoot: root(), model, logger: pino({ level: 'silent' }) });
+    const deps = { pool: db.pool, roles: db.roles, policies: db.policies, ...builtinToolDeps(), workspaceRoot: root(), model, logger: pino({ level: 'silent' }) };
+    acts = { ...createWorkspaceActivities(deps), compensate: createToolActivities(deps).compensate };
   });
   afterAll(async () => db?.drop());
 

@@ -5,8 +5,13 @@ import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createActivities, type ActivityDeps } from '../activities';
+import { createMcpToolActivities } from '../activities/tools';
 import { createModelClient, modelConfigFromEnv } from '../activities/model';
+import { openPolicyService, type PolicyService } from '../activities/policy';
 import { keyringFromEnv, openRoleService } from '../activities/roles';
+import { createRedactor, type Redactor } from '../activities/secrets';
+import { loadToolsConfig, ToolCatalog } from '../activities/tools';
+import type { ToolsConfig } from '../schemas/toolConfig';
 import { migrate } from '../db/migrate';
 import { TASK_QUEUE } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
@@ -24,6 +29,8 @@ export interface MareWorkerOptions {
   shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
   /** Cache, slot and poller sizes (see workers/tuning.ts); unset fields keep the SDK's defaults. */
   tuning?: WorkerTuning;
+  /** SDK interceptors (tests use them to inject faults such as a lost activity completion). */
+  interceptors?: WorkerOptions['interceptors'];
 }
 
 /** Creates a worker that runs MARE's workflows and activities on one task queue. */
@@ -33,12 +40,39 @@ export async function createMareWorker(opts: MareWorkerOptions): Promise<Worker>
     namespace: opts.namespace ?? 'default',
     taskQueue: opts.taskQueue ?? TASK_QUEUE,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
-    activities: createActivities(opts.deps),
+    activities: { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) },
     ...(opts.identity ? { identity: opts.identity } : {}),
+    ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
     ...opts.tuning,
     // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
     shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
   });
+}
+
+/** The services a worker's activities share besides the role service: tools, policies, redaction. */
+export interface WorkerServices {
+  tools: ToolCatalog;
+  policies: PolicyService;
+  redactor: Redactor;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the tool catalog (MCP servers are connected on first use), the policy service (the bundled
+ * default policy published on first start) and the redactor (the configuration's secret patterns
+ * and the environment's secrets).
+ */
+export async function openWorkerServices(opts: { pool: Pool; logger?: Logger; toolsConfig: ToolsConfig; redactor?: Redactor }): Promise<WorkerServices> {
+  const tools = new ToolCatalog(opts.toolsConfig, opts.logger);
+  const policies = await openPolicyService({ pool: opts.pool, ...(opts.logger ? { logger: opts.logger } : {}) });
+  return {
+    tools,
+    policies,
+    redactor: opts.redactor ?? createRedactor(opts.toolsConfig.secrets),
+    async close() {
+      await Promise.all([tools.close(), policies.close()]);
+    },
+  };
 }
 
 /** Bundles MARE's workflows once into `file` (for MARE_WORKFLOW_BUNDLE); returns the absolute path. */
@@ -82,6 +116,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
     throw new Error(`MARE_WORKFLOW_BUNDLE=${bundlePath} does not exist: write it with \`mare bundle ${bundlePath}\` (after every code change), or unset it`);
   }
   const keyring = keyringFromEnv({ dataDir: dataDir() });
+  const toolsConfig = loadToolsConfig();
   installRuntime(logger);
   // Idempotent and under an advisory lock, so several workers starting at once are fine.
   const applied = await migrate(databaseUrl);
@@ -90,6 +125,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
   const model = createModelClient(modelConfigFromEnv());
   const pool = new Pool({ connectionString: databaseUrl, max: 10 });
   const roles = await openRoleService({ pool, keyring, logger });
+  const services = await openWorkerServices({ pool, logger, toolsConfig });
   const connection = await NativeConnection.connect(connectionOptions);
   try {
     const worker = await createMareWorker({
@@ -98,16 +134,17 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
       ...(opts.identity ? { identity: opts.identity } : {}),
       ...(bundlePath ? { workflowBundle: { codePath: bundlePath } } : {}),
       tuning,
-      deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger },
+      deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger, tools: services.tools, policies: services.policies, redactor: services.redactor },
     });
     logger.info(
-      { taskQueue: TASK_QUEUE, roleKeys: keyring.origin, namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
+      { taskQueue: TASK_QUEUE, mcpTools: services.tools.mcpToolNames(), roleKeys: keyring.origin, namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
       'worker started',
     );
     // worker.run() resolves after SIGINT/SIGTERM (the SDK installs those handlers) and the grace time.
     await worker.run();
   } finally {
     await connection.close();
+    await services.close();
     await roles.close();
     await pool.end();
   }

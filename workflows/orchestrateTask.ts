@@ -164,6 +164,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
             goal: req.goal,
             subtask: s,
             dependencies: s.dependsOn.map((d) => ({ id: d, title: titleOf(d), output: outputs.get(d)?.output ?? '' })),
+            tenant: req.tenant,
           },
         ],
       });

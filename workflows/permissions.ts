@@ -15,12 +15,12 @@ export function toolGrants(role: RoleProfile): ToolGrant[] {
 
 /**
  * Complete mediation, in workflow code: a call runs only if the role grants the tool, at the
- * access level the tool needs, with arguments inside the grant's constraints. Deterministic.
+ * access level the tool needs (`needs`: from the tool catalog; built-in tools know theirs; anything
+ * else is taken as writing), with arguments inside the grant's constraints. Deterministic.
  */
-export function checkToolCall(role: RoleProfile, call: ToolCall): Permission {
+export function checkToolCall(role: RoleProfile, call: ToolCall, needs: 'read' | 'write' = BUILTIN_TOOL_ACCESS[call.name] ?? 'write'): Permission {
   const grant = toolGrants(role).find((g) => g.tool === call.name);
   if (!grant) return { allowed: false, reason: `role "${role.name}" may not use tool "${call.name}"` };
-  const needs = BUILTIN_TOOL_ACCESS[call.name] ?? 'write';
   if (needs === 'write' && grant.access !== 'write') {
     return { allowed: false, reason: `role "${role.name}" has only read access to "${call.name}", which writes` };
   }

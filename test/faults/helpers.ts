@@ -10,7 +10,7 @@ import type { TaskResult } from '../../schemas';
 import { subtaskWorkflowId, taskWorkflowId } from '../../schemas';
 import type { WorkerTuning } from '../../workers/tuning';
 import { createMareWorker } from '../../workers/worker';
-import type { TestStack } from '../helpers';
+import { builtinToolDeps, type TestStack } from '../helpers';
 import { BUNDLE_PATH } from '../paths';
 
 export type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
@@ -129,7 +129,7 @@ export async function withModelWorker<T>(
   const worker = await createMareWorker({
     connection: opts.connection ?? stack.env.nativeConnection,
     workflowBundle: { code: readFileSync(BUNDLE_PATH, 'utf8') },
-    deps: { pool: stack.pool, model: opts.model, roles: stack.roles, workspaceRoot: stack.workspaceRoot, logger: pino({ level: process.env.MARE_TEST_LOG_LEVEL ?? 'silent' }) },
+    deps: { pool: stack.pool, model: opts.model, roles: stack.roles, policies: stack.policies, ...builtinToolDeps(), workspaceRoot: stack.workspaceRoot, logger: pino({ level: process.env.MARE_TEST_LOG_LEVEL ?? 'silent' }) },
     shutdownGraceTime: '1 second',
     ...(opts.identity ? { identity: opts.identity } : {}),
     ...(opts.tuning ? { tuning: opts.tuning } : {}),

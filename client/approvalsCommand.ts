@@ -1,0 +1,67 @@
+import type { Command } from 'commander';
+import type { ApprovalView } from '../schemas';
+import { MareClient } from './client';
+import { UsageError } from './rolesCommand';
+
+type Print = (line?: string) => void;
+type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
+
+function line(a: ApprovalView): string {
+  const decided = a.status === 'pending' ? `until ${a.deadline}, then ${a.onTimeout}` : `by ${a.decidedBy ?? '?'}: ${a.decisionReason ?? ''}`;
+  return `${a.taskId}  ${a.approvalId}  ${a.status.padEnd(9)} ${a.kind} ${a.target} ${JSON.stringify(a.args)}\n    ${a.reason}${a.policy ? ` (${a.policy})` : ''}; ${decided}`;
+}
+
+/** `mare approvals list`, `mare approve` and `mare deny`: human decisions on escalated calls. */
+export function registerApprovalCommands(program: Command, action: Action, print: Print): void {
+  program
+    .command('approvals')
+    .description('calls that policies escalated to a person')
+    .command('list')
+    .description('pending approvals of every running task (or all approvals of one task with --task)')
+    .option('--task <taskId>', 'only this task, including decided approvals')
+    .option('--json', 'print as JSON')
+    .action(
+      action(async (opts: { task?: string; json?: boolean }) => {
+        const client = await MareClient.connect();
+        try {
+          const approvals = opts.task ? await client.approvals(opts.task) : await client.pendingApprovals();
+          if (opts.json) return print(JSON.stringify(approvals, null, 2));
+          if (!approvals.length) return print(opts.task ? `task ${opts.task} has no approvals` : 'no pending approvals');
+          approvals.forEach((a) => print(line(a)));
+        } finally {
+          await client.close();
+        }
+      }),
+    );
+
+  for (const [name, decision] of [
+    ['approve', 'approve'],
+    ['deny', 'deny'],
+  ] as const) {
+    program
+      .command(name)
+      .description(`${decision === 'approve' ? 'approve' : 'deny'} a pending approval; the waiting call ${decision === 'approve' ? 'runs' : 'goes back to the model as an error'}`)
+      .argument('<taskId>')
+      .argument('<approvalId>')
+      .requiredOption('--reason <text>', 'why (recorded with the decision)')
+      .option('--by <who>', 'who decides (default: $USER)')
+      .option('--update-id <id>', 'idempotency key: sending the same id again has no further effect')
+      .option('--json', 'print the decided approval as JSON')
+      .action(
+        action(async (taskId: string, approvalId: string, opts: { reason: string; by?: string; updateId?: string; json?: boolean }) => {
+          if (!opts.reason.trim()) throw new UsageError('--reason must not be empty');
+          const client = await MareClient.connect();
+          try {
+            const view = await client.decideApproval(
+              taskId,
+              { approvalId, decision, reason: opts.reason, by: opts.by ?? process.env.USER ?? 'cli' },
+              opts.updateId ? { updateId: opts.updateId } : {},
+            );
+            print(opts.json ? JSON.stringify(view, null, 2) : `approval ${approvalId} of task ${taskId}: ${view.status}`);
+          } finally {
+            await client.close();
+          }
+        }),
+      );
+  }
+}

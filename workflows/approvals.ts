@@ -1,0 +1,102 @@
+import { condition, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import { SEARCH_ATTRIBUTES } from '../schemas/constants';
+import type { ApprovalDecision, ApprovalView, PolicyDecision } from '../schemas';
+import type { Bookkeeping } from './activityProfiles';
+import { approvalsQuery, decideApprovalUpdate } from './definitions';
+
+/** What happened to an escalated call: it may run, or it may not (and why). */
+export interface ApprovalOutcome {
+  allowed: boolean;
+  view: ApprovalView;
+}
+
+/**
+ * The human-approval desk of one embodiment: an escalated call is recorded as pending, shown by
+ * the `approvals` query and the `MarePendingApproval` search attribute, and waits for the
+ * `decideApproval` update or its deadline, after which the policy's default decision applies.
+ */
+export class ApprovalDesk {
+  private readonly views: ApprovalView[] = [];
+  private readonly decisions = new Map<string, ApprovalDecision>();
+  private seq = 0;
+
+  constructor(
+    private readonly store: Bookkeeping['store'],
+    private readonly ids: { taskId: string; subtaskId: string; workflowId: string },
+    private readonly onChange: (pending: string[]) => void,
+  ) {
+    setHandler(approvalsQuery, () => this.views);
+    setHandler(
+      decideApprovalUpdate,
+      (d) => {
+        this.decisions.set(d.approvalId, d);
+        return this.views.find((v) => v.approvalId === d.approvalId)!;
+      },
+      { validator: (d: ApprovalDecision) => this.validate(d) },
+    );
+  }
+
+  /** Every approval so far, for the subtask's result. */
+  all(): ApprovalView[] {
+    return this.views;
+  }
+
+  /** Pauses the call until a person decides or the deadline passes. */
+  async request(call: { kind: 'tool' | 'model'; target: string; args: Record<string, unknown>; callKey: string }, decision: PolicyDecision): Promise<ApprovalOutcome> {
+    const terms = decision.approval ?? { timeoutSeconds: 3600, onTimeout: 'deny' as const };
+    const approvalId = `${this.ids.subtaskId}-${++this.seq}`;
+    const view = await this.store.recordApprovalRequested({
+      callKey: call.callKey,
+      view: {
+        approvalId,
+        ...this.ids,
+        kind: call.kind,
+        target: call.target,
+        args: call.args,
+        reason: decision.reason,
+        policy: decision.policy && `${decision.policy}${decision.rule ? `#${decision.rule}` : ''}`,
+        status: 'pending',
+        // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock: the start time of this workflow task
+        deadline: new Date(Date.now() + terms.timeoutSeconds * 1000).toISOString(),
+        onTimeout: terms.onTimeout,
+      },
+    });
+    this.views.push(view);
+    this.publish();
+
+    const decided = await condition(() => this.decisions.has(approvalId), terms.timeoutSeconds * 1000);
+    const d = this.decisions.get(approvalId);
+    if (decided && d) {
+      Object.assign(view, { status: d.decision === 'approve' ? 'approved' : 'denied', decidedBy: d.by ?? 'unknown', decisionReason: d.reason });
+    } else {
+      Object.assign(view, { status: 'timed_out', decidedBy: 'deadline', decisionReason: `no decision within ${terms.timeoutSeconds} s: the policy's default (${terms.onTimeout}) applies` });
+    }
+    this.publish();
+    await this.store.recordApprovalDecided({ taskId: this.ids.taskId, approvalId, status: view.status, by: view.decidedBy ?? '', reason: view.decisionReason ?? '' });
+    const allowed = view.status === 'approved' || (view.status === 'timed_out' && terms.onTimeout === 'allow');
+    return { allowed, view };
+  }
+
+  private pending(): string[] {
+    return this.views.filter((v) => v.status === 'pending').map((v) => v.approvalId);
+  }
+
+  private publish(): void {
+    const pending = this.pending();
+    upsertSearchAttributes({ [SEARCH_ATTRIBUTES.pendingApproval.name]: pending });
+    this.onChange(pending);
+  }
+
+  /** Refuses (without a trace in history) an unknown or decided approval and a malformed decision. */
+  private validate(d: ApprovalDecision): void {
+    if (!d || typeof d !== 'object') throw new Error('a decision must be an object { approvalId, decision, reason }');
+    if (typeof d.approvalId !== 'string' || !d.approvalId) throw new Error('approvalId must be a non-empty string');
+    if (d.decision !== 'approve' && d.decision !== 'deny') throw new Error('decision must be "approve" or "deny"');
+    if (typeof d.reason !== 'string' || !d.reason.trim()) throw new Error('a reason is required');
+    if (d.reason.length > 2_000) throw new Error('the reason must be at most 2000 characters');
+    if (d.by !== undefined && (typeof d.by !== 'string' || d.by.length > 200)) throw new Error('by must be a string of at most 200 characters');
+    const view = this.views.find((v) => v.approvalId === d.approvalId);
+    if (!view) throw new Error(`approval ${d.approvalId} does not exist in ${this.ids.workflowId}`);
+    if (view.status !== 'pending' || this.decisions.has(d.approvalId)) throw new Error(`approval ${d.approvalId} is not pending (it is ${view.status})`);
+  }
+}
