@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
@@ -18,6 +18,7 @@ let everything: ChildProcess;
 let everythingPort: number;
 
 const MODULES = path.join(__dirname, '..', 'node_modules', '@modelcontextprotocol');
+const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
 const who = { actor: 'test' };
 
 /** Undo of fs.write_file: read the old text first; restore it, or move a created file aside (the server has no delete). */
@@ -514,4 +515,59 @@ test('a planted secret is redacted from logs, audit rows, tool records, progress
   const summaries = events.map((e) => JSON.stringify(e.userMetadata ?? {})).join('');
   expect(summaries).not.toContain(canary);
   expect(taskWorkflowId('canary')).toBeTruthy();
+});
+
+/** Runs the real `mare` binary against this stack's server. */
+function mare(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, TEMPORAL_ADDRESS: stack.env.address, TEMPORAL_NAMESPACE: 'default' } }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+test('an irreversible tool always waits for a person: mare approvals list shows it, mare deny refuses it, mare approve lets the next one run', async () => {
+  writeFileSync(file('move-me.txt'), 'moving');
+  writeFileSync(file('stay.txt'), 'staying');
+  const script: ScriptInput = {
+    rules: [
+      plan('v'),
+      { match: { purpose: 'act', turn: 0 }, reply: toolCall('fs.move_file', { source: inFs('stay.txt'), destination: inFs('gone.txt') }) },
+      { match: { purpose: 'act', turn: 1 }, reply: toolCall('fs.move_file', { source: inFs('move-me.txt'), destination: inFs('moved.txt') }) },
+      { match: { purpose: 'act' }, reply: { text: 'done' } },
+    ],
+  };
+  const result = await stack.withWorker(
+    script,
+    async () => {
+      await stack.client.submitTask({ taskId: 'irreversible', goal: 'move files' });
+      const first = await pendingApproval('irreversible');
+      expect(first.reason).toContain('"fs.move_file" is irreversible');
+      const listed = await mare('approvals', 'list', '--json');
+      expect(listed.code).toBe(0);
+      expect((JSON.parse(listed.stdout) as ApprovalView[]).map((a) => a.approvalId)).toContain(first.approvalId);
+      const noReason = await mare('deny', 'irreversible', first.approvalId);
+      expect(noReason.code).not.toBe(0);
+      expect(noReason.stderr).toContain("required option '--reason <text>'");
+      const denied = await mare('deny', 'irreversible', first.approvalId, '--reason', 'keep that file', '--by', 'dana');
+      expect(denied).toMatchObject({ code: 0, stdout: `approval ${first.approvalId} of task irreversible: denied\n` });
+      const again = await mare('approve', 'irreversible', first.approvalId, '--reason', 'too late');
+      expect(again.code).toBe(2);
+      expect(again.stderr).toContain('is not pending');
+      const unknown = await mare('approve', 'irreversible', 'v-99', '--reason', 'x');
+      expect(unknown).toMatchObject({ code: 2, stderr: 'mare: task "irreversible" has no approval "v-99"\n' });
+      const second = await waitFor('the second approval', async () => (await stack.client.approvals('irreversible')).find((a) => a.approvalId === 'v-2' && a.status === 'pending'));
+      expect((await mare('approve', 'irreversible', second.approvalId, '--reason', 'fine')).code).toBe(0);
+      return stack.client.result('irreversible');
+    },
+    { toolsConfig: toolsConfig() },
+  );
+  expect(result.status).toBe('COMPLETED');
+  expect(readFileSync(file('stay.txt'), 'utf8')).toBe('staying');
+  expect(readFileSync(file('moved.txt'), 'utf8')).toBe('moving');
+  expect(result.subtasks[0]?.approvals?.map((a) => [a.status, a.decidedBy])).toEqual([
+    ['denied', 'dana'],
+    ['approved', expect.any(String)],
+  ]);
+  expect(scheduledActivities(await historyOf(stack, subtaskWorkflowId('irreversible', 'v'))).filter((a) => a.startsWith('fs.'))).toEqual(['fs.move_file']);
 });

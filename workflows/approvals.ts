@@ -30,7 +30,8 @@ export class ApprovalDesk {
       decideApprovalUpdate,
       (d) => {
         this.decisions.set(d.approvalId, d);
-        return this.views.find((v) => v.approvalId === d.approvalId)!;
+        // The caller gets the decided approval back; the waiting call resumes on the next activation.
+        return Object.assign(this.views.find((v) => v.approvalId === d.approvalId)!, decidedFields(d));
       },
       { validator: (d: ApprovalDecision) => this.validate(d) },
     );
@@ -67,7 +68,7 @@ export class ApprovalDesk {
     const decided = await condition(() => this.decisions.has(approvalId), terms.timeoutSeconds * 1000);
     const d = this.decisions.get(approvalId);
     if (decided && d) {
-      Object.assign(view, { status: d.decision === 'approve' ? 'approved' : 'denied', decidedBy: d.by ?? 'unknown', decisionReason: d.reason });
+      Object.assign(view, decidedFields(d));
     } else {
       Object.assign(view, { status: 'timed_out', decidedBy: 'deadline', decisionReason: `no decision within ${terms.timeoutSeconds} s: the policy's default (${terms.onTimeout}) applies` });
     }
@@ -99,4 +100,8 @@ export class ApprovalDesk {
     if (!view) throw new Error(`approval ${d.approvalId} does not exist in ${this.ids.workflowId}`);
     if (view.status !== 'pending' || this.decisions.has(d.approvalId)) throw new Error(`approval ${d.approvalId} is not pending (it is ${view.status})`);
   }
+}
+
+function decidedFields(d: ApprovalDecision): Pick<ApprovalView, 'status' | 'decidedBy' | 'decisionReason'> {
+  return { status: d.decision === 'approve' ? 'approved' : 'denied', decidedBy: d.by ?? 'unknown', decisionReason: d.reason };
 }
