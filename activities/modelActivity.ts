@@ -6,6 +6,7 @@ import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
 import { McpUnavailableError } from './mcp/hub';
+import { checkSystemModelCall } from './policy/gate';
 import { classifyModelError } from './model';
 import { detectSensitivity } from './secrets';
 import { recordPolicyDecision } from './store';
@@ -19,11 +20,13 @@ const HEARTBEAT_EVERY_MS = 5_000;
  * activity (the verifier judges each criterion), so a retry never records a call twice.
  */
 export async function callModelWithHeartbeat(
-  { model, pool }: Pick<ActivityDeps, 'model' | 'pool'>,
+  deps: Pick<ActivityDeps, 'model' | 'pool' | 'policies' | 'redactor' | 'tools'>,
   req: ModelRequest & { goal?: string; toolSpecs?: ToolDescriptor[] },
   callIndex = 0,
 ): Promise<ModelResponse> {
   const ctx = Context.current();
+  await checkSystemModelCall(deps, req, `${activityKey()}:${callIndex}`);
+  const { model, pool } = deps;
   const messages = await expandMessages(pool, req.transcript ? await appendTranscript(pool, req.transcript, req.messages) : req.messages);
   const timer = setInterval(() => ctx.heartbeat(), HEARTBEAT_EVERY_MS);
   let response: ModelResponse;

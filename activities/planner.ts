@@ -22,13 +22,13 @@ The dependencies must form a DAG.`;
 export function createPlannerActivities(deps: ActivityDeps) {
   const roles = createRoleActivities(deps);
   return {
-    async decompose(input: { taskId: string; goal: string; maxSubtasks: number }): Promise<Decomposition> {
+    async decompose(input: { taskId: string; goal: string; maxSubtasks: number; tenant?: string }): Promise<Decomposition> {
       const available = await roles.listRoles();
       const response = await callModelWithHeartbeat(deps, {
         purpose: 'plan',
         goal: input.goal,
         tools: [],
-        meta: { taskId: input.taskId },
+        meta: { taskId: input.taskId, ...(input.tenant ? { tenant: input.tenant } : {}) },
         messages: [
           {
             role: 'system',

@@ -18,6 +18,8 @@ export interface VerifyInput {
   output: string;
   /** The role's confidence threshold: the minimum composite score. */
   threshold: number;
+  /** The task's tenant, for policies on the judge's model calls. */
+  tenant?: string;
 }
 
 /** The verification engine: every criterion is checked, scored, and stored as evidence. */
@@ -63,7 +65,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
         const response = await callModelWithHeartbeat(deps, {
           purpose: 'judge',
           tools: [],
-          meta: { taskId: input.taskId, subtaskId: input.subtaskId, attempt: input.attempt },
+          meta: { taskId: input.taskId, subtaskId: input.subtaskId, attempt: input.attempt, ...(input.tenant ? { tenant: input.tenant } : {}) },
           messages: [
             { role: 'system', content: 'You are a strict reviewer. Reply with JSON only: {"score": <0..1>, "rationale": "<one sentence>"}.' },
             { role: 'user', content: `Rubric: ${c.rubric}\n\nWork to judge:\n${input.output}` },

@@ -18,6 +18,8 @@ export interface ModelCallMeta {
   subtaskId?: string;
   role?: string;
   attempt?: number;
+  /** The task's tenant, for policies. */
+  tenant?: string;
 }
 
 /** Input of a model call. */

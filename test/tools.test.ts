@@ -174,7 +174,8 @@ test('MCP tools over stdio and streamable HTTP: each call is an activity named a
     ['fs.read_text_file', 'allow'],
     ['everything.echo', 'allow'],
   ]);
-  expect(decisions.filter((d) => d.kind === 'model')).toHaveLength(4);
+  // Four agent model calls and the planner's.
+  expect(decisions.filter((d) => d.kind === 'model')).toHaveLength(5);
 });
 
 test('complete mediation: an ungranted tool, a write without an undo, and an unconfigured tool never become activities', async () => {
@@ -570,4 +571,56 @@ test('an irreversible tool always waits for a person: mare approvals list shows 
     ['approved', expect.any(String)],
   ]);
   expect(scheduledActivities(await historyOf(stack, subtaskWorkflowId('irreversible', 'v'))).filter((a) => a.startsWith('fs.'))).toEqual(['fs.move_file']);
+});
+
+test("policies also govern the planner's and the verifier's model calls, by the roles 'planner' and 'verifier'", async () => {
+  await stack.policies.repository.publish(
+    {
+      schemaVersion: 1,
+      name: 'system-calls',
+      version: '1.0.0',
+      rules: [
+        { id: 'no-planning', when: { kinds: ['model'], roles: ['planner'], tenants: ['noplan'] }, decision: 'deny', reason: 'this tenant may not plan' },
+        { id: 'no-judging', when: { kinds: ['model'], roles: ['verifier'], tenants: ['nojudge'] }, decision: 'deny', reason: 'this tenant may not use the judge' },
+      ],
+    },
+    who,
+  );
+  const script: ScriptInput = {
+    rules: [
+      planReply([{ id: 'j', title: 'Judged work', instructions: 'Write something good', role: 'fsuser', acceptanceCriteria: [{ kind: 'judged', rubric: 'Is it good?' }] }]),
+      { match: { purpose: 'act' }, reply: { text: 'something good' } },
+      { match: { purpose: 'judge' }, reply: { text: '{"score": 1, "rationale": "good"}' } },
+    ],
+  };
+  const [planless, judgeless, allowed] = await stack.withWorker(
+    script,
+    async () => {
+      for (const [taskId, tenant] of [
+        ['no-plan', 'noplan'],
+        ['no-judge', 'nojudge'],
+        ['judged', 'default'],
+      ]) {
+        await stack.client.submitTask({ taskId, goal: 'judged work', tenant });
+      }
+      return Promise.all(['no-plan', 'no-judge', 'judged'].map((id) => stack.client.result(id)));
+    },
+    { toolsConfig: toolsConfig() },
+  );
+  expect(allowed?.status).toBe('COMPLETED');
+  expect(planless?.status).not.toBe('COMPLETED');
+  expect(planless?.error).toContain("PolicyDenied: the planner's model call was denied (system-calls@1.0.0: this tenant may not plan)");
+  expect(judgeless?.status).not.toBe('COMPLETED');
+  expect(judgeless?.error).toContain("PolicyDenied: the verifier's model call was denied");
+  const decisions = await rows<{ task_id: string; subtask_id: string; decision: string; rule: string | null }>(
+    `SELECT task_id, subtask_id, decision, rule FROM policy_decisions WHERE task_id IN ('no-plan', 'no-judge', 'judged') AND decision_key NOT LIKE '%/model' ORDER BY task_id, subtask_id`,
+  );
+  expect(decisions).toEqual([
+    { task_id: 'judged', subtask_id: '(plan)', decision: 'allow', rule: null },
+    { task_id: 'judged', subtask_id: 'j', decision: 'allow', rule: null },
+    { task_id: 'no-judge', subtask_id: '(plan)', decision: 'allow', rule: null },
+    { task_id: 'no-judge', subtask_id: 'j', decision: 'deny', rule: 'no-judging' },
+    { task_id: 'no-plan', subtask_id: '(plan)', decision: 'deny', rule: 'no-planning' },
+  ]);
+  await stack.policies.repository.disable('system-calls', { actor: 'test', reason: 'done' });
 });

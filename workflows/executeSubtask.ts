@@ -129,6 +129,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         criteria: subtask.acceptanceCriteria,
         output: result.output,
         threshold: role.confidenceThreshold,
+        tenant,
       });
       result.evidenceIds.push(verdict.evidenceId);
       result.usage = addUsage(result.usage, verdict.usage);

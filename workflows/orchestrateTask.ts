@@ -53,7 +53,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   const failed: Extract<Settled, { ok: false }>[] = [];
   let failure: string | undefined;
   try {
-    const planned = await models.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks });
+    const planned = await models.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks, tenant: req.tenant });
     plan = planned.plan;
     usage = addUsage(usage, planned.usage);
     modelNames.add(planned.model);
