@@ -17,7 +17,8 @@ import {
   RoleValidationError,
   UnknownRoleKeyError,
 } from '../activities/roles';
-import { ToolsConfigError } from '../activities/tools';
+import { createRedactor, SecretsConfigError } from '../activities/secrets';
+import { loadToolsConfig, ToolsConfigError } from '../activities/tools';
 import { createLogger } from '../workers/logger';
 import { runWorkerFromEnv, writeWorkflowBundle } from '../workers/worker';
 import type { TaskProgress } from '../schemas';
@@ -38,6 +39,7 @@ const KNOWN_ERRORS = [
   ApprovalNotFoundError,
   ApprovalRejectedError,
   ToolsConfigError,
+  SecretsConfigError,
   RoleValidationError,
   RoleRepositoryError,
   RoleNotFoundError,
@@ -105,7 +107,10 @@ program
   .option('--identity <name>', 'worker identity shown in the Web UI')
   .action(
     action(async (opts: { identity?: string }) => {
-      await runWorkerFromEnv(createLogger('mare-worker'), opts);
+      // The tools configuration's secret patterns are redacted from the worker's log lines too.
+      const toolsConfig = loadToolsConfig();
+      const redactor = createRedactor(toolsConfig.secrets);
+      await runWorkerFromEnv(createLogger('mare-worker', { redactor }), { ...opts, toolsConfig, redactor });
     }),
   );
 

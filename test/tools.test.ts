@@ -42,6 +42,8 @@ function toolsConfig(extra: Record<string, unknown> = {}) {
         },
       },
       everything: { url: `http://127.0.0.1:${everythingPort}/mcp`, tools: { echo: { access: 'read' } } },
+      // The same server again, with echo taking the idempotency key as its argument: it shows the key it got.
+      keyed: { url: `http://127.0.0.1:${everythingPort}/mcp`, tools: { echo: { access: 'read', idempotencyKeyArg: 'message' } } },
     },
     ...extra,
   };
@@ -87,6 +89,7 @@ beforeAll(async () => {
         { tool: 'fs.move_file', access: 'write' },
         { tool: 'fs.create_directory', access: 'write' },
         { tool: 'everything.echo', access: 'read' },
+        { tool: 'keyed.echo', access: 'read' },
       ],
     },
     who,
@@ -132,6 +135,7 @@ test('MCP tools over stdio and streamable HTTP: each call is an activity named a
       { match: { purpose: 'act', turn: 0 }, reply: toolCall('fs.write_file', { path: inFs('hello.md'), content: '# Hello from MCP' }) },
       { match: { purpose: 'act', turn: 1 }, reply: toolCall('fs.read_text_file', { path: inFs('notes.txt') }) },
       { match: { purpose: 'act', turn: 2 }, reply: toolCall('everything.echo', { message: 'ping over http' }) },
+      { match: { purpose: 'act', turn: 3 }, reply: toolCall('keyed.echo', {}) },
       { match: { purpose: 'act' }, reply: { text: 'done' } },
     ],
   };
@@ -146,7 +150,7 @@ test('MCP tools over stdio and streamable HTTP: each call is an activity named a
   expect(result.status).toBe('COMPLETED');
   expect(readFileSync(file('hello.md'), 'utf8')).toBe('# Hello from MCP');
   const events = await historyOf(stack, subtaskWorkflowId('mcp-basic', 'a'));
-  expect(scheduledActivities(events)).toEqual(['callModel', 'fs.write_file', 'callModel', 'fs.read_text_file', 'callModel', 'everything.echo', 'callModel', 'verify']);
+  expect(scheduledActivities(events)).toEqual(['callModel', 'fs.write_file', 'callModel', 'fs.read_text_file', 'callModel', 'everything.echo', 'callModel', 'keyed.echo', 'callModel', 'verify']);
   // Each tool activity has its summary (tool and role, never arguments) and the tool's own timeout.
   const writeEvent = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'fs.write_file');
   expect(Number(writeEvent?.activityTaskScheduledEventAttributes?.startToCloseTimeout?.seconds)).toBe(20);
@@ -157,7 +161,7 @@ test('MCP tools over stdio and streamable HTTP: each call is an activity named a
     `SELECT message FROM transcript_messages WHERE transcript_id LIKE $1 AND message->>'role' = 'tool' ORDER BY seq`,
     [`${subtaskWorkflowId('mcp-basic', 'a')}/%`],
   );
-  expect(transcript.map((t) => t.message.toolName)).toEqual(['fs.write_file', 'fs.read_text_file', 'everything.echo']);
+  expect(transcript.map((t) => t.message.toolName)).toEqual(['fs.write_file', 'fs.read_text_file', 'everything.echo', 'keyed.echo']);
   expect(transcript[1]?.message.content).toMatch(/^<tool-output tool="fs.read_text_file" trust="untrusted">\nold notes\n<\/tool-output>/);
   expect(transcript[2]?.message.content).toContain('Echo: ping over http');
   // Every call is recorded once, with its idempotency key (workflow id and activity id) and its allow decision.
@@ -166,16 +170,20 @@ test('MCP tools over stdio and streamable HTTP: each call is an activity named a
     ['fs.write_file', 'ok'],
     ['fs.read_text_file', 'ok'],
     ['everything.echo', 'ok'],
+    ['keyed.echo', 'ok'],
   ]);
   calls.forEach((c) => expect(c.idempotency_key).toMatch(new RegExp(`^${subtaskWorkflowId('mcp-basic', 'a')}:\\d+$`)));
+  // A tool that accepts the key gets exactly the recorded one.
+  expect(transcript[3]?.message.content).toContain(`Echo: ${calls[3]?.idempotency_key}`);
   const decisions = await rows<{ kind: string; target: string; decision: string }>(`SELECT kind, target, decision FROM policy_decisions WHERE task_id = 'mcp-basic' ORDER BY at, decision_key`);
   expect(decisions.filter((d) => d.kind === 'tool').map((d) => [d.target, d.decision])).toEqual([
     ['fs.write_file', 'allow'],
     ['fs.read_text_file', 'allow'],
     ['everything.echo', 'allow'],
+    ['keyed.echo', 'allow'],
   ]);
-  // Four agent model calls and the planner's.
-  expect(decisions.filter((d) => d.kind === 'model')).toHaveLength(5);
+  // Five agent model calls and the planner's.
+  expect(decisions.filter((d) => d.kind === 'model')).toHaveLength(6);
 });
 
 test('complete mediation: an ungranted tool, a write without an undo, and an unconfigured tool never become activities', async () => {
@@ -623,4 +631,17 @@ test("policies also govern the planner's and the verifier's model calls, by the 
     { task_id: 'no-plan', subtask_id: '(plan)', decision: 'deny', rule: 'no-planning' },
   ]);
   await stack.policies.repository.disable('system-calls', { actor: 'test', reason: 'done' });
+});
+
+test('mare worker refuses a bad tools configuration with one clear message naming the field (exit 2)', async () => {
+  const bad = path.join(stack.dir, 'bad-tools.json');
+  writeFileSync(bad, JSON.stringify({ servers: { fs: { command: 'node', url: 'http://127.0.0.1:1/mcp', tools: { write_file: { access: 'write', undo: WRITE_UNDO, irreversible: true } } }, Bad_Name: { url: 'http://x/mcp', tools: {} } } }));
+  const out = await new Promise<{ code: number; stderr: string }>((resolve) => {
+    execFile(process.execPath, [CLI, 'worker'], { env: { ...process.env, MARE_TOOLS_CONFIG: bad } }, (err, _stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stderr }));
+  });
+  expect(out.code).toBe(2);
+  expect(out.stderr).toContain(`invalid tools configuration ${bad}`);
+  expect(out.stderr).toContain('set exactly one of command (stdio) or url (streamable HTTP)');
+  expect(out.stderr).toContain('a tool with an undo is not irreversible');
+  expect(out.stderr).toContain('must be lower-case letters, digits and dashes');
 });

@@ -107,7 +107,7 @@ export function installRuntime(logger: Logger, metricsBind = process.env.MARE_ME
  * the tuning variables of workers/tuning.ts size caches, slots and pollers. Role profiles are
  * decrypted with MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE (or the local stack's generated key file).
  */
-export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string } = {}): Promise<void> {
+export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string; toolsConfig?: ToolsConfig; redactor?: Redactor } = {}): Promise<void> {
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('DATABASE_URL is not set: the worker needs PostgreSQL (`mare dev` sets it for you)');
   const tuning = workerTuningFromEnv();
@@ -116,7 +116,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
     throw new Error(`MARE_WORKFLOW_BUNDLE=${bundlePath} does not exist: write it with \`mare bundle ${bundlePath}\` (after every code change), or unset it`);
   }
   const keyring = keyringFromEnv({ dataDir: dataDir() });
-  const toolsConfig = loadToolsConfig();
+  const toolsConfig = opts.toolsConfig ?? loadToolsConfig();
   installRuntime(logger);
   // Idempotent and under an advisory lock, so several workers starting at once are fine.
   const applied = await migrate(databaseUrl);
@@ -125,7 +125,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
   const model = createModelClient(modelConfigFromEnv());
   const pool = new Pool({ connectionString: databaseUrl, max: 10 });
   const roles = await openRoleService({ pool, keyring, logger });
-  const services = await openWorkerServices({ pool, logger, toolsConfig });
+  const services = await openWorkerServices({ pool, logger, toolsConfig, ...(opts.redactor ? { redactor: opts.redactor } : {}) });
   const connection = await NativeConnection.connect(connectionOptions);
   try {
     const worker = await createMareWorker({

@@ -46,8 +46,19 @@ export function loadToolsConfig(file = process.env.MARE_TOOLS_CONFIG || undefine
     throw new ToolsConfigError(`cannot read the tools configuration ${candidate}: ${(err as Error).message}`);
   }
   const parsed = ToolsConfig.safeParse(raw);
-  if (!parsed.success) throw new ToolsConfigError(`invalid tools configuration ${candidate}:\n${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ToolsConfigError(`invalid tools configuration ${candidate}:\n${describeIssues(parsed.error)}`);
   return parsed.data;
+}
+
+/** One line per problem: where (a dotted path) and what, with the reason of a bad record key spelt out. */
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => {
+      const where = issue.path.map(String).join('.') || '(file)';
+      const what = issue.code === 'invalid_key' ? issue.issues.map((inner) => inner.message).join('; ') : issue.message;
+      return `  ${where}: ${what}`;
+    })
+    .join('\n');
 }
 
 /**
