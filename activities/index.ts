@@ -2,6 +2,7 @@ import type { ActivityDeps } from './deps';
 import { createModelActivities } from './modelActivity';
 import { createPlannerActivities } from './planner';
 import { createPolicyActivities } from './policy';
+import { createReliabilityActivities } from './reliability/activities';
 import { createRoleActivities } from './roles/activities';
 import { createStoreActivities } from './store';
 import { createToolActivities } from './tools';
@@ -20,6 +21,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createModelActivities(deps),
     ...createWorkspaceActivities(deps),
     ...createToolActivities(deps),
+    ...createReliabilityActivities(deps),
     ...createVerifyActivities(deps),
   };
 }

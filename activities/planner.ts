@@ -15,7 +15,9 @@ export interface Decomposition {
 const PLAN_FORMAT = `Reply with JSON only, of this shape:
 {"subtasks":[{"id":"kebab-id","title":"…","instructions":"…","role":"<role name>","dependsOn":["other-id"],
 "acceptanceCriteria":[{"kind":"file_exists","path":"…"} | {"kind":"file_contains","path":"…","text":"…"} |
-{"kind":"file_matches","path":"…","pattern":"regex"} | {"kind":"output_contains","text":"…"} | {"kind":"judged","rubric":"…"}]}]}
+{"kind":"file_matches","path":"…","pattern":"regex"} | {"kind":"output_contains","text":"…"} | {"kind":"judged","rubric":"…"} |
+{"kind":"json_schema","schema":{…},"path":"optional file"} | {"kind":"tool_result_field","tool":"server.tool","field":"a.b","equals":"optional"} |
+{"kind":"command_succeeds","command":"…","args":["…"],"timeoutSeconds":60}]}]}
 The dependencies must form a DAG.`;
 
 /** The MAP router's first step: the model decomposes the task into a validated DAG of subtasks. */

@@ -183,8 +183,8 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
 
     async recordTaskFinished({ result }: { result: TaskResult }): Promise<void> {
       await pool.query(
-        `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, updated_at = now() WHERE task_id = $1`,
-        [result.taskId, result.status, JSON.stringify(result), JSON.stringify(result.plan), result.planFallbackReason ?? null],
+        `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, evidence_id = $6, updated_at = now() WHERE task_id = $1`,
+        [result.taskId, result.status, JSON.stringify(result), JSON.stringify(result.plan), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],
       );
       await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) });
     },

@@ -1,10 +1,12 @@
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import Ajv from 'ajv';
 import { z } from 'zod';
 import { addUsage, describeCriterion, extractJsonObject, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 import { audit } from './store';
+import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
 
 const Judgement = z.object({ score: z.number().min(0).max(1), rationale: z.string().default('') });
@@ -34,11 +36,19 @@ export function createVerifyActivities(deps: ActivityDeps) {
     }
   }
 
-  /** Collects what judged criteria cost, for the verdict. */
+  /** Collects what judged criteria cost and what the checks relied on, for the verdict and the evidence. */
   interface Spend {
     usage: TokenUsage;
     models: Set<string>;
+    /** The attempt's tool calls, read once when a criterion needs them. */
+    toolOutputs?: ToolOutputEvidence[];
+    /** Digests of the tool outputs the checks relied on. */
+    reliedOn: Set<string>;
+    commands: CommandEvidence[];
+    judgements: { rubric: string; score: number; rationale: string }[];
   }
+
+  const ajv = new Ajv({ allErrors: true, strict: false });
 
   async function check(input: VerifyInput, c: Criterion, files: Record<string, string>, spend: Spend, index: number): Promise<CriterionResult> {
     const verdict = (passed: boolean, detail: string, score = passed ? 1 : 0): CriterionResult => ({ criterion: c, passed, score, detail });
@@ -75,7 +85,47 @@ export function createVerifyActivities(deps: ActivityDeps) {
         spend.models.add(response.model);
         const judged = parseJudgement(response.text);
         if (!judged) return verdict(false, `the judge's reply was not valid JSON {score, rationale}: ${response.text.slice(0, 200)}`);
+        spend.judgements.push({ rubric: c.rubric, score: judged.score, rationale: judged.rationale });
         return verdict(judged.score >= input.threshold, `score ${judged.score.toFixed(2)}: ${judged.rationale}`, judged.score);
+      }
+      case 'json_schema': {
+        const text = c.path ? await fileText(input.taskId, c.path) : input.output;
+        if (text === undefined) return verdict(false, `${c.path} does not exist`);
+        if (c.path) files[c.path] = sha256(text);
+        const value = c.path ? parseJson(text) : (parseJson(text) ?? extractJsonObject(text));
+        if (value === undefined) return verdict(false, `${c.path ?? 'the final answer'} is not JSON`);
+        let validate;
+        try {
+          validate = ajv.compile(c.schema);
+        } catch (err) {
+          return verdict(false, `the schema is not a valid JSON Schema: ${(err as Error).message}`);
+        }
+        if (validate(value)) return verdict(true, `${c.path ?? 'the final answer'} matches the schema`);
+        return verdict(false, `${c.path ?? 'the final answer'} does not match the schema: ${ajv.errorsText(validate.errors, { separator: '; ' })}`);
+      }
+      case 'tool_result_field': {
+        spend.toolOutputs ??= await toolOutputsOf(pool, input.taskId, input.subtaskId, input.attempt);
+        const calls = spend.toolOutputs.filter((t) => t.tool === c.tool && t.status === 'ok');
+        if (!calls.length) return verdict(false, `no successful ${c.tool} call in this attempt`);
+        for (const call of calls) {
+          const { found, value } = fieldAt(call.json, c.field);
+          if (found && (c.equals === undefined || value === c.equals)) {
+            spend.reliedOn.add(call.digest);
+            return verdict(true, `${c.tool} result ${call.digest.slice(0, 12)} has ${c.field} = ${JSON.stringify(value)}`);
+          }
+        }
+        return verdict(false, `no ${c.tool} result has ${c.field}${c.equals !== undefined ? ` = ${JSON.stringify(c.equals)}` : ''}`);
+      }
+      case 'command_succeeds': {
+        if (!deps.tools.config.verifyCommands.includes(c.command)) {
+          return verdict(false, `command "${c.command}" is not allowed here (the tools configuration's verifyCommands: ${deps.tools.config.verifyCommands.join(', ') || 'none'})`);
+        }
+        const workspace = taskWorkspace(workspaceRoot, input.taskId);
+        await mkdir(workspace, { recursive: true });
+        const ran = await runCheckCommand(workspace, c.command, c.args, c.timeoutSeconds, deps.redactor);
+        spend.commands.push(ran);
+        if (ran.timedOut) return verdict(false, `\`${c.command}\` did not finish within ${c.timeoutSeconds} s`);
+        return verdict(ran.exitCode === 0, `\`${c.command}\` exited ${ran.exitCode ?? ran.signal ?? '?'}${ran.exitCode === 0 ? '' : `: ${(ran.stderr || ran.stdout).slice(-300)}`}`);
       }
     }
   }
@@ -84,7 +134,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
     async verify(input: VerifyInput): Promise<Verdict> {
       const files: Record<string, string> = {};
       const results: CriterionResult[] = [];
-      const spend: Spend = { usage: ZERO_USAGE, models: new Set() };
+      const spend: Spend = { usage: ZERO_USAGE, models: new Set(), reliedOn: new Set(), commands: [], judgements: [] };
       for (const [index, c] of input.criteria.entries()) results.push(await check(input, c, files, spend, index));
       const score = results.length ? results.reduce((sum, r) => sum + r.score, 0) / results.length : 1;
       const passed = results.every((r) => r.passed) && score >= input.threshold;
@@ -94,12 +144,18 @@ export function createVerifyActivities(deps: ActivityDeps) {
         : failedOnes.length
           ? failedOnes.map((r) => `${describeCriterion(r.criterion)}: ${r.detail}`).join('; ')
           : `composite score ${score.toFixed(2)} is below the role's threshold ${input.threshold}`;
+      // The evidence bundle: what was checked and what each check relied on, content-addressed.
+      spend.toolOutputs ??= await toolOutputsOf(pool, input.taskId, input.subtaskId, input.attempt);
       const evidence = {
         taskId: input.taskId,
         subtaskId: input.subtaskId,
         attempt: input.attempt,
         outputDigest: sha256(input.output),
         fileDigests: files,
+        toolOutputs: spend.toolOutputs.map(({ callKey, tool, status, digest }) => ({ callKey, tool, status, digest, reliedOn: spend.reliedOn.has(digest) })),
+        filesChanged: await fileChangesOf(pool, taskWorkspace(workspaceRoot, input.taskId), input.taskId, input.subtaskId, input.attempt, deps.redactor),
+        commands: spend.commands,
+        judgements: spend.judgements,
         results,
         score,
         threshold: input.threshold,
@@ -116,6 +172,14 @@ export function createVerifyActivities(deps: ActivityDeps) {
       return { passed, score, threshold: input.threshold, feedback: deps.redactor.redact(feedback), evidenceId, results, usage: spend.usage, models: [...spend.models] };
     },
   };
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
 }
 
 function parseJudgement(text: string): z.infer<typeof Judgement> | undefined {

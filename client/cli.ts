@@ -7,6 +7,9 @@ import { runDemo } from './demo';
 import { registerRoleCommands, UsageError } from './rolesCommand';
 import { registerPolicyCommands } from './policiesCommand';
 import { registerApprovalCommands } from './approvalsCommand';
+import { registerAuditCommands } from './auditCommand';
+import { registerReportCommands } from './reportCommand';
+import { ReportUsageError } from '../activities/reliability/store';
 import { PolicyNotFoundError, PolicyRepositoryError, PolicyValidationError } from '../activities/policy';
 import {
   RoleDirectoryError,
@@ -51,6 +54,7 @@ const KNOWN_ERRORS = [
   PolicyRepositoryError,
   PolicyNotFoundError,
   UsageError,
+  ReportUsageError,
 ];
 
 /** Runs a command body, turning known errors into one clear line (exit code 2; 1 for anything else). */
@@ -230,6 +234,8 @@ program
 registerRoleCommands(program, action, print);
 registerPolicyCommands(program, action, print);
 registerApprovalCommands(program, action, print);
+registerAuditCommands(program, action, print);
+registerReportCommands(program, action, print);
 
 // Exit explicitly once a command is done: the SDK's native runtime can keep the event loop alive.
 void program.parseAsync(process.argv).then(() => process.exit());

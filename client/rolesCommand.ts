@@ -1,5 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
+import { Client, Connection } from '@temporalio/client';
+import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Command } from 'commander';
 import { Pool } from 'pg';
 import {
@@ -19,6 +21,8 @@ import {
 } from '../activities/roles';
 import { migrate } from '../db/migrate';
 import { dataDir } from '../scripts/stack/datadir';
+import { supervisorWorkflowId } from '../schemas/constants';
+import { reinstateRoleSignal } from '../workflows/definitions';
 
 type Print = (line?: string) => void;
 
@@ -190,6 +194,7 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
         action(async (name: string, opts: { by?: string; reason: string }) => {
           await withRepository((repo) => (verb === 'suspend' ? repo.suspend(name, actor(opts)) : repo.reinstate(name, actor(opts))));
           print(`${verb === 'suspend' ? 'suspended' : 'reinstated'} ${name}`);
+          if (verb === 'reinstate') await tellSupervisor(name, actor(opts));
         }),
       );
   }
@@ -258,4 +263,24 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
         print(`re-encrypted ${rotated} role versions under key ${keyId}`);
       }),
     );
+}
+
+/**
+ * Tells the role's supervisor (if Temporal and the supervisor can be reached) that a person lifted
+ * the suspension, so it starts a fresh window now instead of at the end of its cool-down.
+ */
+async function tellSupervisor(name: string, who: { actor: string; reason?: string }): Promise<void> {
+  const workflowId = supervisorWorkflowId(name);
+  try {
+    const { connectionOptions, namespace } = loadClientConnectConfig();
+    const connection = await Connection.connect({ ...connectionOptions, connectTimeout: '3s' });
+    try {
+      await new Client({ connection, namespace }).workflow.getHandle(workflowId).signal(reinstateRoleSignal, { by: who.actor, reason: who.reason ?? '' });
+      process.stderr.write(`told the role's supervisor (${workflowId})\n`);
+    } finally {
+      await connection.close();
+    }
+  } catch (err) {
+    process.stderr.write(`note: the role's supervisor (${workflowId}) was not told (${err instanceof Error ? err.message : String(err)}); it records the reinstatement when its cool-down ends\n`);
+  }
 }

@@ -17,6 +17,10 @@ export const SEARCH_ATTRIBUTES = {
   roles: defineSearchAttributeKey('MareRoles', SearchAttributeType.KEYWORD_LIST),
   /** Approvals a run waits on (ids); empty when none is pending. */
   pendingApproval: defineSearchAttributeKey('MarePendingApproval', SearchAttributeType.KEYWORD_LIST),
+  /** A role supervisor's lifecycle phase (Init, Ready, Active, Suspended, Retiring, Terminated). */
+  supervisorPhase: defineSearchAttributeKey('MareSupervisorPhase', SearchAttributeType.KEYWORD),
+  /** A role supervisor's throttle cap ("none" when not throttled). */
+  supervisorThrottle: defineSearchAttributeKey('MareSupervisorThrottle', SearchAttributeType.KEYWORD),
 } as const;
 
 /** The access a built-in tool needs; tools not listed here need "write". */
@@ -26,6 +30,9 @@ export const BUILTIN_TOOL_ACCESS: Readonly<Record<string, 'read' | 'write'>> = {
   'workspace.write': 'write',
 };
 
+/** The pseudo subtask id under which a task's own acceptance criteria are verified (and may rely on all its tool calls). */
+export const TASK_SCOPE = '(task)';
+
 /** Workflow id of a task: derived from the task id, so one id can start at most one run. */
 export function taskWorkflowId(taskId: string): string {
   return `mare-task-${taskId}`;
@@ -34,4 +41,9 @@ export function taskWorkflowId(taskId: string): string {
 /** Workflow id of a subtask's child workflow. */
 export function subtaskWorkflowId(taskId: string, subtaskId: string): string {
   return `${taskWorkflowId(taskId)}--${subtaskId}`;
+}
+
+/** Workflow id of a role's supervisor: one per role. */
+export function supervisorWorkflowId(role: string): string {
+  return `mare-role-supervisor-${role}`;
 }

@@ -17,5 +17,11 @@ export function describeCriterion(c: Criterion): string {
       return `the final answer contains "${c.text}"`;
     case 'judged':
       return `judged: ${c.rubric}`;
+    case 'json_schema':
+      return `${c.path ? `file ${c.path}` : 'the final answer'} is JSON matching the given schema`;
+    case 'tool_result_field':
+      return `a ${c.tool} result has field ${c.field}${c.equals !== undefined ? ` = ${JSON.stringify(c.equals)}` : ''}`;
+    case 'command_succeeds':
+      return `command \`${[c.command, ...c.args].join(' ')}\` exits 0 within ${c.timeoutSeconds} s`;
   }
 }

@@ -88,6 +88,8 @@ const fields = {
   /** Preferred model as `provider:model`; used when the worker has that provider configured. */
   modelPreference: z.string().regex(/^[a-z-]+:.+$/, 'must look like provider:model, e.g. openai:gpt-4o-mini'),
   maxIterations: z.number().int().min(1).max(64),
+  /** Verification attempts (the agent loop retried with the verifier's feedback) before escalating; default 2. */
+  maxAttempts: z.number().int().min(1).max(10),
   tokenBudget: TokenBudget,
   /** Where work goes when this role cannot finish it: another role, or `human`. */
   escalateTo: z.union([z.literal('human'), RoleName]),
@@ -114,6 +116,7 @@ export const RoleProfileSource = z.strictObject({
   confidenceThreshold: fields.confidenceThreshold.optional(),
   modelPreference: fields.modelPreference.optional(),
   maxIterations: fields.maxIterations.optional(),
+  maxAttempts: fields.maxAttempts.optional(),
   tokenBudget: fields.tokenBudget.optional(),
   escalateTo: fields.escalateTo.optional(),
   handles: fields.handles.optional(),
@@ -135,6 +138,7 @@ export const RoleProfile = z
     confidenceThreshold: fields.confidenceThreshold,
     modelPreference: fields.modelPreference.optional(),
     maxIterations: fields.maxIterations,
+    maxAttempts: fields.maxAttempts.optional(),
     tokenBudget: fields.tokenBudget,
     escalateTo: fields.escalateTo.optional(),
     handles: fields.handles,
@@ -171,4 +175,6 @@ export interface LoadedRole {
   source?: RoleSource;
   routedBy?: RoutedBy;
   fallbackReason?: string;
+  /** Set while the role's supervisor throttles it: embodiments that may run at once. */
+  throttleCap?: number;
 }

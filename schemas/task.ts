@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { Criterion } from './criteria';
 import type { Plan, Subtask } from './plan';
 import { DEFAULT_MAX_SUBTASKS } from './plan';
 import type { TokenUsage } from './model';
@@ -17,6 +18,10 @@ export const TaskRequest = z.strictObject({
   tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/).default('default'),
   concurrency: z.number().int().min(1).max(32).default(4),
   maxSubtasks: z.number().int().min(1).max(50).default(DEFAULT_MAX_SUBTASKS),
+  /** Checked over the combined result once every subtask is done; failing them rolls the task back. */
+  acceptanceCriteria: z.array(Criterion).max(20).optional(),
+  /** The composite score the task's own criteria must reach. */
+  acceptanceThreshold: z.number().min(0).max(1).default(0.7),
 });
 export type TaskRequest = z.infer<typeof TaskRequest>;
 /** The request before defaults are applied, as a client writes it. */
@@ -71,6 +76,12 @@ export interface SubtaskResult {
   deniedToolCalls: number;
   /** Calls escalated to a person, and how each was decided. */
   approvals?: ApprovalView[];
+  /** Escalations after failed verification (to another role or to a person). */
+  escalations?: number;
+  /** The role versions that failed verification and escalated to the one in `role`, in order. */
+  escalatedFrom?: string[];
+  /** Who accepted the work after it failed verification and escalated to a person. */
+  approvedBy?: string;
   error?: string;
 }
 
@@ -80,8 +91,9 @@ export interface ApprovalView {
   taskId: string;
   subtaskId: string;
   workflowId: string;
-  kind: 'tool' | 'model';
-  /** The tool (`server.tool`) or model. */
+  /** A tool call, a model call, or work that failed verification and escalated to a person. */
+  kind: 'tool' | 'model' | 'verification';
+  /** The tool (`server.tool`), the model, or the role version whose work failed verification. */
   target: string;
   /** The call's arguments with secrets redacted. */
   args: Record<string, unknown>;
@@ -137,6 +149,8 @@ export interface TaskResult {
   planFallbackReason?: string;
   subtasks: SubtaskResult[];
   usage: TokenUsage;
+  /** The task's own acceptance criteria checked over the combined result, when it has any. */
+  verification?: { passed: boolean; score: number; evidenceId: string; feedback: string };
   /** Every model that answered during the task; `scripted:…` means the offline model. */
   models: string[];
   compensations: CompensationOutcome[];

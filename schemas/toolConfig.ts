@@ -87,5 +87,7 @@ export const ToolsConfig = z.strictObject({
     .default({ patterns: [], env: [] }),
   /** Price of 1,000 model tokens in US dollars, for the estimated cost policies see. */
   modelPricePer1kTokens: z.number().min(0).default(0),
+  /** Commands `command_succeeds` criteria may run in a task workspace (by name, found on PATH); none by default. */
+  verifyCommands: z.array(z.string().regex(/^[A-Za-z0-9._+-]+$/, 'must be a command name, not a path or a shell expression')).default([]),
 });
 export type ToolsConfig = z.infer<typeof ToolsConfig>;

@@ -43,7 +43,7 @@ export class ApprovalDesk {
   }
 
   /** Pauses the call until a person decides or the deadline passes. */
-  async request(call: { kind: 'tool' | 'model'; target: string; args: Record<string, unknown>; callKey: string }, decision: PolicyDecision): Promise<ApprovalOutcome> {
+  async request(call: { kind: ApprovalView['kind']; target: string; args: Record<string, unknown>; callKey: string }, decision: PolicyDecision): Promise<ApprovalOutcome> {
     const terms = decision.approval ?? { timeoutSeconds: 3600, onTimeout: 'deny' as const };
     const approvalId = `${this.ids.subtaskId}-${++this.seq}`;
     const view = await this.store.recordApprovalRequested({

@@ -1,5 +1,6 @@
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { ApprovalDecision, ApprovalView, SubtaskProgress, TaskProgress } from '../schemas';
+import type { OutcomeReport, SupervisorState } from '../schemas/supervisor';
 
 /** The plan and each subtask's state, role, attempts and latest step. */
 export const progressQuery = defineQuery<TaskProgress>('progress');
@@ -15,3 +16,22 @@ export const approvalsQuery = defineQuery<ApprovalView[]>('approvals');
  * decided approval and a malformed decision; the same update id twice has one effect.
  */
 export const decideApprovalUpdate = defineUpdate<ApprovalView, [ApprovalDecision]>('decideApproval');
+
+/** A finished embodiment, for its role's supervisor (sent with signal-with-start by recordEmbodiments). */
+export const embodimentOutcomeSignal = defineSignal<[OutcomeReport]>('embodimentOutcome');
+
+/** A person lifted a role's suspension (`mare roles reinstate`): the supervisor starts a fresh window. */
+export const reinstateRoleSignal = defineSignal<[{ by: string; reason: string }]>('reinstateRole');
+
+/** Winds the supervisor down: Retiring until no embodiment holds a slot, then Terminated. */
+export const retireSupervisorSignal = defineSignal('retireSupervisor');
+
+/** An embodiment of a throttled role asks for a slot (its workflow id), and gives it back when it ends. */
+export const acquireSlotSignal = defineSignal<[{ workflowId: string }]>('acquireSlot');
+export const releaseSlotSignal = defineSignal<[{ workflowId: string }]>('releaseSlot');
+
+/** The supervisor's answer to acquireSlot: the embodiment may run. */
+export const slotGrantedSignal = defineSignal('slotGranted');
+
+/** The supervisor's lifecycle phase, rolling window, throttle, suspension and recent decisions. */
+export const supervisorStateQuery = defineQuery<SupervisorState>('supervisorState');

@@ -2,6 +2,8 @@ import {
   ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
+  condition,
+  getExternalWorkflowHandle,
   isCancellation,
   patched,
   proxyActivities,
@@ -9,7 +11,7 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { MAX_VERIFY_ATTEMPTS, SEARCH_ATTRIBUTES } from '../schemas/constants';
+import { MAX_VERIFY_ATTEMPTS, SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../schemas/constants';
 import { addUsage, ZERO_USAGE } from '../schemas/usage';
 import type {
   ChatMessage,
@@ -26,11 +28,12 @@ import type {
   ToolCatalogView,
   ToolInfo,
   ToolResult,
+  TokenUsage,
   UndoStep,
 } from '../schemas';
 import type { ToolCallContext } from '../schemas/tools';
 import { bookkeeping, models, tools } from './activityProfiles';
-import { subtaskProgressQuery } from './definitions';
+import { acquireSlotSignal, releaseSlotSignal, slotGrantedSignal, subtaskProgressQuery } from './definitions';
 import { ApprovalDesk } from './approvals';
 import { errorMessage } from './errors';
 import { buildAgentContext } from './inject';
@@ -75,6 +78,12 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
 
   /** Tokens of this embodiment's own model calls (not the verifier's), against the role's total budget. */
   let agentTokens = 0;
+  /** Each embodiment of this subtask (more than one after an escalation to another role), for reliability records. */
+  const embodiments: Embodied[] = [];
+  /** The throttled role whose slot this embodiment holds, if any. */
+  let slotHolder: string | undefined;
+  let slotGranted = false;
+  setHandler(slotGrantedSignal, () => void (slotGranted = true));
   /** Set for runs with MCP tools, policies and approvals (see the patch below). */
   let catalog: ToolCatalogView | undefined;
   let policies: LoadedPolicy[] = [];
@@ -112,57 +121,178 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       result.approvals = desk.all();
     }
 
-    let feedback: string | undefined;
-    for (let attempt = 1; attempt <= MAX_VERIFY_ATTEMPTS; attempt++) {
-      result.attempts = progress.attempts = attempt;
-      const context = buildAgentContext({ role, goal: input.goal, subtask, dependencies: input.dependencies, feedback });
-      result.contextDigests?.push(context.digest);
-      const messages = context.messages;
-      result.output = await agentLoop(role, messages, attempt);
+    // Gates (runs started before them: two attempts, then fail): attempts per role, then escalation.
+    const gates = patched('verification-gates');
+    let throttleCap = loaded.throttleCap;
+    let current = role;
+    let attempt = 0;
+    const embodied = [`${role.name}@${role.version}`];
+    for (;;) {
+      const maxAttempts = gates ? (current.maxAttempts ?? MAX_VERIFY_ATTEMPTS) : MAX_VERIFY_ATTEMPTS;
+      if (gates && throttleCap) await acquireSlot(current.name);
+      // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock, for the embodiment's latency
+      const record: Embodied = { role: current.name, version: current.version, outcome: 'failed', attempts: 0, score: 0, started: Date.now(), usageStart: result.usage };
+      if (gates) embodiments.push(record);
+      let feedback: string | undefined;
+      let passed = false;
+      for (let n = 1; n <= maxAttempts && !passed; n++) {
+        attempt++;
+        record.attempts = n;
+        result.attempts = progress.attempts = attempt;
+        const context = buildAgentContext({ role: current, goal: input.goal, subtask, dependencies: input.dependencies, feedback });
+        result.contextDigests?.push(context.digest);
+        const messages = context.messages;
+        result.output = await agentLoop(current, messages, attempt);
 
-      progress.state = 'verifying';
-      progress.latestStep = `verifying attempt ${attempt}`;
-      const verdict = await models.verify({
-        taskId,
-        subtaskId: subtask.id,
-        attempt,
-        criteria: subtask.acceptanceCriteria,
-        output: result.output,
-        threshold: role.confidenceThreshold,
-        tenant,
-      });
-      result.evidenceIds.push(verdict.evidenceId);
-      result.usage = addUsage(result.usage, verdict.usage);
-      verdict.models.forEach((m) => addModel(m));
-      result.score = verdict.score;
-      if (verdict.passed) {
-        result.status = 'completed';
-        progress.state = 'completed';
-        progress.latestStep = `verified (score ${verdict.score.toFixed(2)})`;
-        await store.recordSubtask({ taskId, result });
-        return result;
+        progress.state = 'verifying';
+        progress.latestStep = `verifying attempt ${attempt}`;
+        const verdict = await models.verify({
+          taskId,
+          subtaskId: subtask.id,
+          attempt,
+          criteria: subtask.acceptanceCriteria,
+          output: result.output,
+          threshold: current.confidenceThreshold,
+          tenant,
+        });
+        result.evidenceIds.push(verdict.evidenceId);
+        result.usage = addUsage(result.usage, verdict.usage);
+        verdict.models.forEach((m) => addModel(m));
+        result.score = record.score = verdict.score;
+        passed = verdict.passed;
+        if (passed) {
+          progress.latestStep = `verified (score ${verdict.score.toFixed(2)})`;
+        } else {
+          feedback = verdict.feedback;
+          progress.state = 'running';
+          progress.latestStep = `verification failed: ${verdict.feedback}`;
+        }
       }
-      feedback = verdict.feedback;
+      if (passed) {
+        record.outcome = 'completed';
+        return await complete();
+      }
+
+      const failure = `verification failed ${maxAttempts} times: ${feedback ?? ''}`;
+      if (!gates || !current.escalateTo) throw ApplicationFailure.nonRetryable(failure, 'VerificationFailed');
+      record.outcome = 'escalated';
+      result.escalations = (result.escalations ?? 0) + 1;
+
+      if (current.escalateTo === 'human') {
+        // A person looks at the work and the verifier's findings: approved work completes as it is.
+        progress.latestStep = `verification failed; waiting for a person (${current.name} escalates to human)`;
+        const outcome = await desk!.request(
+          { kind: 'verification', target: `${current.name}@${current.version}`, args: { score: result.score, feedback: feedback ?? '', evidenceId: result.evidenceIds.at(-1) ?? '' }, callKey: `${workflowInfo().workflowId}/verification/${attempt}` },
+          { decision: 'escalate', reason: `${failure}; role ${current.name} escalates to a person`, approval: { timeoutSeconds: 86_400, onTimeout: 'deny' } },
+        );
+        if (!outcome.allowed) throw ApplicationFailure.nonRetryable(`${failure}; a person did not accept it (approval ${outcome.view.approvalId} ${outcome.view.status})`, 'VerificationFailed');
+        result.approvedBy = outcome.view.decidedBy;
+        progress.latestStep = `accepted by ${outcome.view.decidedBy ?? 'a person'} after failed verification`;
+        return await complete();
+      }
+
+      // Escalation to another role: a fresh embodiment of it, pinned like the first, with no memory of this one.
+      const next = await store.loadRole({ taskId, subtaskId: subtask.id, name: current.escalateTo, title: subtask.title });
+      const id = `${next.profile.name}@${next.profile.version}`;
+      if (embodied.some((e) => e.startsWith(`${next.profile.name}@`))) {
+        throw ApplicationFailure.nonRetryable(`${failure}; escalation to ${current.escalateTo} would embody ${id} again`, 'VerificationFailed');
+      }
+      embodied.push(id);
+      await releaseSlot();
+      throttleCap = next.throttleCap;
+      current = next.profile;
+      catalog = await store.toolCatalog({ tools: toolGrants(current).map((g) => g.tool) });
+      agentTokens = 0;
+      Object.assign(result, { role: current.name, roleVersion: current.version, roleChecksum: next.checksum, roleSource: next.source, escalatedFrom: [...(result.escalatedFrom ?? []), embodied[embodied.length - 2]!] });
+      progress.role = id;
+      upsertSearchAttributes({ [SEARCH_ATTRIBUTES.roles.name]: [...embodied] });
       progress.state = 'running';
-      progress.latestStep = `verification failed: ${verdict.feedback}`;
+      progress.latestStep = `escalated to ${id}`;
     }
-    throw ApplicationFailure.nonRetryable(
-      `verification failed ${MAX_VERIFY_ATTEMPTS} times: ${feedback ?? ''}`,
-      'VerificationFailed',
-    );
   } catch (err) {
     const cancelled = isCancellation(err);
     result.status = cancelled ? 'cancelled' : 'failed';
     result.error = cancelled ? 'cancelled' : errorMessage(err);
     progress.state = result.status;
     progress.latestStep = result.error;
-    await CancellationScope.nonCancellable(() => store.recordSubtask({ taskId, result }));
+    const last = embodiments.at(-1);
+    if (last && cancelled) last.outcome = 'cancelled';
+    await CancellationScope.nonCancellable(async () => {
+      await releaseSlot();
+      await store.recordSubtask({ taskId, result });
+      await recordEmbodiments();
+    });
     throw ApplicationFailure.create({
       message: `subtask ${subtask.id} ${result.status}: ${result.error}`,
       type: cancelled ? 'SubtaskCancelled' : (err instanceof ApplicationFailure && err.type) || 'SubtaskFailed',
       nonRetryable: true,
       details: [result],
     });
+  }
+
+  /** The subtask passed its gates: record it (and each embodiment's outcome) and return it. */
+  async function complete(): Promise<SubtaskResult> {
+    result.status = 'completed';
+    progress.state = 'completed';
+    await releaseSlot();
+    await store.recordSubtask({ taskId, result });
+    await recordEmbodiments();
+    return result;
+  }
+
+  /**
+   * Waits for a slot from the supervisor of a throttled role (the supervisor hands out at most its
+   * cap at once). Without a running supervisor there is nobody to wait for: the embodiment runs.
+   */
+  async function acquireSlot(roleName: string): Promise<void> {
+    slotGranted = false;
+    try {
+      await getExternalWorkflowHandle(supervisorWorkflowId(roleName)).signal(acquireSlotSignal, { workflowId: workflowInfo().workflowId });
+    } catch {
+      return;
+    }
+    slotHolder = roleName;
+    progress.latestStep = `waiting for a slot: ${roleName} is throttled`;
+    await condition(() => slotGranted);
+  }
+
+  /** Gives a throttled role's slot back (also when this embodiment fails or is cancelled). */
+  async function releaseSlot(): Promise<void> {
+    if (!slotHolder) return;
+    const roleName = slotHolder;
+    slotHolder = undefined;
+    await getExternalWorkflowHandle(supervisorWorkflowId(roleName))
+      .signal(releaseSlotSignal, { workflowId: workflowInfo().workflowId })
+      .catch(() => undefined);
+  }
+
+  /** One reliability row per embodiment, and its outcome signalled to the role's supervisor. */
+  async function recordEmbodiments(): Promise<void> {
+    if (!embodiments.length) return;
+    // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock, for the embodiments' latency
+    const ended = Date.now();
+    await store.recordEmbodiments({
+      taskId,
+      subtaskId: subtask.id,
+      workflowId: workflowInfo().workflowId,
+      models: result.models,
+      escalations: result.escalations ?? 0,
+      embodiments: embodiments.map((e, i) => {
+        const next = embodiments[i + 1];
+        const until = next?.usageStart ?? result.usage;
+        return {
+          role: e.role,
+          version: e.version,
+          outcome: e.outcome,
+          attempts: e.attempts,
+          score: e.score,
+          startedAt: new Date(e.started).toISOString(),
+          endedAt: new Date(next?.started ?? ended).toISOString(),
+          usage: { inputTokens: until.inputTokens - e.usageStart.inputTokens, outputTokens: until.outputTokens - e.usageStart.outputTokens },
+        };
+      }),
+    });
+    embodiments.length = 0;
   }
 
   function addModel(model: string): void {
@@ -350,6 +480,19 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     }
     throw ApplicationFailure.nonRetryable(`PolicyDenied: a model call was not allowed (${decision.policy ?? 'policy'}: ${decision.reason})`, 'PolicyDenied');
   }
+}
+
+/** One embodiment's outcome, kept until the subtask ends. */
+interface Embodied {
+  role: string;
+  version: string;
+  outcome: 'completed' | 'failed' | 'cancelled' | 'escalated';
+  attempts: number;
+  score: number;
+  /** Workflow time when it started (ms). */
+  started: number;
+  /** The subtask's token usage when it started, to attribute tokens to each embodiment. */
+  usageStart: TokenUsage;
 }
 
 /** Tool output as data for the model: fenced, marked untrusted, never an instruction. */

@@ -1,2 +1,3 @@
 export { orchestrateTask } from './orchestrateTask';
 export { executeSubtask } from './executeSubtask';
+export { superviseRole } from './superviseRole';

@@ -11,7 +11,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { CompensationOutcome, Plan, Subtask, SubtaskResult, TaskProgress, TaskRequest, TaskResult, UndoStep } from '../schemas';
-import { SEARCH_ATTRIBUTES, subtaskWorkflowId } from '../schemas/constants';
+import { SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../schemas/constants';
 import { addUsage, ZERO_USAGE } from '../schemas/usage';
 import { bookkeeping, compensations, models, type Bookkeeping } from './activityProfiles';
 import { progressQuery } from './definitions';
@@ -52,6 +52,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   const finished: SubtaskResult[] = [];
   const failed: Extract<Settled, { ok: false }>[] = [];
   let failure: string | undefined;
+  let verification: TaskResult['verification'];
   try {
     const planned = await models.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks, tenant: req.tenant });
     plan = planned.plan;
@@ -74,6 +75,24 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
       else failed.push(settled);
     }
     if (failed.length > 0) failure = failed.map((f) => f.error).join('; ');
+
+    // 3. The task's own acceptance criteria, over the combined result: failing them rolls everything back.
+    if (failure === undefined && req.acceptanceCriteria?.length) {
+      progress.phase = 'verifying';
+      const verdict = await models.verify({
+        taskId: req.taskId,
+        subtaskId: TASK_SCOPE,
+        attempt: 1,
+        criteria: req.acceptanceCriteria,
+        output: finished.map((r) => `## ${r.id}\n${r.output}`).join('\n\n'),
+        threshold: req.acceptanceThreshold ?? 0.7,
+        tenant: req.tenant,
+      });
+      usage = addUsage(usage, verdict.usage);
+      verdict.models.forEach((m) => modelNames.add(m));
+      verification = { passed: verdict.passed, score: verdict.score, evidenceId: verdict.evidenceId, feedback: verdict.feedback };
+      if (!verdict.passed) failure = `the task's acceptance criteria failed: ${verdict.feedback}`;
+    }
   } catch (err) {
     failure = isCancellation(err) ? 'cancelled' : errorMessage(err);
   }
@@ -84,7 +103,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     s.models.forEach((m) => modelNames.add(m));
   }
 
-  // 3. Roll back on failure or cancellation: undo every registered step, newest first.
+  // 4. Roll back on failure or cancellation: undo every registered step, newest first.
   let outcomes: CompensationOutcome[] = [];
   let status: TaskResult['status'] = 'COMPLETED';
   if (failure !== undefined || cancelled) {
@@ -105,6 +124,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     models: [...modelNames],
     compensations: outcomes,
     error: cancelled ? 'cancelled' : failure,
+    ...(verification ? { verification } : {}),
   };
   progress.status = status;
   progress.phase = 'done';

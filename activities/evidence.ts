@@ -1,0 +1,128 @@
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { createTwoFilesPatch } from 'diff';
+import type { Pool } from 'pg';
+import { subtaskWorkflowId, TASK_SCOPE, type ToolResult } from '../schemas';
+import { sha256 } from './idempotency';
+import type { Redactor } from './secrets';
+import { resolveInWorkspace } from './workspace';
+
+/** A tool call the verifier may rely on, with the digest of its output. */
+export interface ToolOutputEvidence {
+  callKey: string;
+  tool: string;
+  status: string;
+  /** sha256 of the output the tool returned (the full text, also for truncated output). */
+  digest: string;
+  /** The output, parsed as JSON when it is JSON (for `tool_result_field`); not stored in the evidence. */
+  json?: unknown;
+}
+
+/** A file a built-in tool wrote in this attempt: its unified diff against what was there before. */
+export interface FileChangeEvidence {
+  path: string;
+  existed: boolean;
+  diff: string;
+}
+
+/** What a `command_succeeds` criterion ran and what it printed (redacted, capped). */
+export interface CommandEvidence {
+  command: string;
+  args: string[];
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  durationMs: number;
+  stdout: string;
+  stderr: string;
+}
+
+const DIFF_LIMIT = 20_000;
+const OUTPUT_LIMIT = 8_000;
+
+/** The call keys of one attempt (`<subtask workflow>/a<attempt>/…`), or of a whole task for task-level checks. */
+function callKeyPattern(taskId: string, subtaskId: string, attempt: number): string | undefined {
+  return subtaskId === TASK_SCOPE ? undefined : `${subtaskWorkflowId(taskId, subtaskId).replace(/[\\%_]/g, (c) => `\\${c}`)}/a${attempt}/%`;
+}
+
+
+/** The tool calls that ran (not denied) in an attempt, oldest first, with output digests. */
+export async function toolOutputsOf(pool: Pool, taskId: string, subtaskId: string, attempt: number): Promise<ToolOutputEvidence[]> {
+  const pattern = callKeyPattern(taskId, subtaskId, attempt);
+  const { rows } = await pool.query<{ call_key: string; tool: string; status: string; result: ToolResult | null; content: string | null }>(
+    `SELECT c.call_key, c.tool, c.status, c.result, b.content
+       FROM tool_calls c LEFT JOIN blobs b ON b.hash = c.result->>'contentRef'
+      WHERE c.task_id = $1 AND c.status <> 'denied' ${pattern ? 'AND c.call_key LIKE $2' : ''}
+      ORDER BY c.created_at, c.call_key`,
+    pattern ? [taskId, pattern] : [taskId],
+  );
+  return rows.map((r) => {
+    const text = r.content ?? r.result?.content ?? '';
+    let json: unknown;
+    try {
+      json = JSON.parse(text) as unknown;
+    } catch {
+      json = undefined;
+    }
+    return { callKey: r.call_key, tool: r.tool, status: r.status, digest: sha256(text), ...(json !== undefined ? { json } : {}) };
+  });
+}
+
+/** Files the built-in write tool changed in an attempt, as unified diffs (capped) against their snapshots. */
+export async function fileChangesOf(pool: Pool, workspace: string, taskId: string, subtaskId: string, attempt: number, redactor: Redactor): Promise<FileChangeEvidence[]> {
+  const pattern = callKeyPattern(taskId, subtaskId, attempt);
+  const { rows } = await pool.query<{ path: string; existed: boolean; content: string | null }>(
+    `SELECT DISTINCT ON (path) path, existed, content FROM workspace_snapshots
+      WHERE task_id = $1 ${pattern ? 'AND call_key LIKE $2' : ''} ORDER BY path, created_at`,
+    pattern ? [taskId, pattern] : [taskId],
+  );
+  const out: FileChangeEvidence[] = [];
+  for (const r of rows) {
+    const now = await resolveInWorkspace(workspace, r.path)
+      .then((abs) => readFile(abs, 'utf8'))
+      .catch(() => '');
+    const diff = createTwoFilesPatch(`a/${r.path}`, `b/${r.path}`, r.content ?? '', now, '', '', { context: 2 });
+    out.push({ path: r.path, existed: r.existed, diff: redactor.redact(diff.length > DIFF_LIMIT ? `${diff.slice(0, DIFF_LIMIT)}\n[diff truncated: ${diff.length} characters]` : diff) });
+  }
+  return out;
+}
+
+/**
+ * Runs a command in the task workspace as a sandboxed check: no shell, only commands the
+ * configuration allows, an environment with nothing but PATH and HOME (no secrets), a time limit
+ * after which the process is killed, and output capped.
+ */
+export function runCheckCommand(workspace: string, command: string, args: string[], timeoutSeconds: number, redactor: Redactor): Promise<CommandEvidence> {
+  const started = Date.now();
+  return new Promise((resolve) => {
+    execFile(
+      command,
+      args,
+      { cwd: workspace, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: workspace }, timeout: timeoutSeconds * 1000, killSignal: 'SIGKILL', maxBuffer: 1_000_000, windowsHide: true },
+      (err, stdout, stderr) => {
+        const e = err as (NodeJS.ErrnoException & { code?: number | string; killed?: boolean; signal?: NodeJS.Signals | null }) | null;
+        const cap = (s: string): string => redactor.redact(s.length > OUTPUT_LIMIT ? `${s.slice(0, OUTPUT_LIMIT)}\n[truncated: ${s.length} characters]` : s);
+        resolve({
+          command,
+          args,
+          exitCode: e ? (typeof e.code === 'number' ? e.code : null) : 0,
+          signal: e?.signal ?? null,
+          timedOut: Boolean(e?.killed && e.signal === 'SIGKILL'),
+          durationMs: Date.now() - started,
+          stdout: cap(String(stdout)),
+          stderr: cap(e && typeof e.code === 'string' ? `${String(stderr)}${e.message}` : String(stderr)),
+        });
+      },
+    );
+  });
+}
+
+/** Reads a dot path (`a.b.0.c`) from a JSON value. */
+export function fieldAt(value: unknown, path: string): { found: boolean; value?: unknown } {
+  let current: unknown = value;
+  for (const key of path.split('.')) {
+    if (current === null || typeof current !== 'object' || !(key in (current as Record<string, unknown>))) return { found: false };
+    current = (current as Record<string, unknown>)[key];
+  }
+  return { found: true, value: current };
+}

@@ -1,0 +1,167 @@
+import {
+  allHandlersFinished,
+  condition,
+  continueAsNew,
+  getExternalWorkflowHandle,
+  proxyActivities,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { createActivities } from '../activities';
+import { SEARCH_ATTRIBUTES } from '../schemas/constants';
+import { decide, SUPERVISOR_DEFAULTS, type EnforcementDecision, type OutcomeReport, type SupervisorSettings, type SupervisorState } from '../schemas/supervisor';
+import {
+  acquireSlotSignal,
+  embodimentOutcomeSignal,
+  reinstateRoleSignal,
+  releaseSlotSignal,
+  retireSupervisorSignal,
+  slotGrantedSignal,
+  supervisorStateQuery,
+} from './definitions';
+
+/** Enforcement changes the role repository and writes a record: retried until it lands. */
+const { enforce } = proxyActivities<ReturnType<typeof createActivities>>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds' },
+});
+
+/** Input of a role's supervisor; `carried` is its own state when it continues as new. */
+export interface SuperviseRoleInput {
+  role: string;
+  settings?: Partial<SupervisorSettings>;
+  carried?: SupervisorState;
+}
+
+/**
+ * The monitor–analyze–plan–execute loop of one role, for as long as the role is used: every
+ * embodiment's outcome arrives as a signal and joins a rolling window; the decisions (warning,
+ * throttle, suspend, reinstate after a cool-down or when a person says so) are carried out by the
+ * `enforce` activity and recorded with their reason and evidence. While the role is throttled the
+ * supervisor hands out slots, so at most `throttleCap` embodiments run at once. It continues as new
+ * before its history grows large, carrying its window.
+ */
+export async function superviseRole(input: SuperviseRoleInput): Promise<SupervisorState> {
+  const settings: SupervisorSettings = { ...SUPERVISOR_DEFAULTS, ...input.carried?.settings, ...input.settings };
+  const state: SupervisorState = input.carried
+    ? { ...input.carried, settings, runs: input.carried.runs + 1 }
+    : { role: input.role, phase: 'Init', settings, window: [], seen: [], throttleCap: null, holders: [], queue: [], actions: [], actionSeq: 0, outcomesSeen: 0, runs: 1 };
+  const outcomes: OutcomeReport[] = [];
+  const reinstatements: { by: string; reason: string }[] = [];
+  let retiring = false;
+
+  setHandler(supervisorStateQuery, () => state);
+  setHandler(embodimentOutcomeSignal, (o) => void outcomes.push(o));
+  setHandler(reinstateRoleSignal, (r) => void reinstatements.push(r));
+  setHandler(retireSupervisorSignal, () => void (retiring = true));
+  setHandler(acquireSlotSignal, ({ workflowId }) => {
+    if (!state.holders.includes(workflowId) && !state.queue.includes(workflowId)) state.queue.push(workflowId);
+  });
+  setHandler(releaseSlotSignal, ({ workflowId }) => {
+    state.holders = state.holders.filter((w) => w !== workflowId);
+    state.queue = state.queue.filter((w) => w !== workflowId);
+  });
+
+  if (state.phase === 'Init') state.phase = 'Ready';
+  publish();
+
+  const grantable = (): boolean => state.queue.length > 0 && (state.throttleCap === null || state.holders.length < state.throttleCap);
+  const coolDownLeft = (): number => (state.suspendedUntil ? Date.parse(state.suspendedUntil) - now() : Infinity);
+  const tooLong = (): boolean => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > settings.maxHistoryEvents;
+
+  for (;;) {
+    const wait = coolDownLeft();
+    const ready = (): boolean => outcomes.length > 0 || reinstatements.length > 0 || retiring || grantable() || tooLong();
+    // While suspended, the cool-down's end wakes the loop too.
+    if (Number.isFinite(wait)) await condition(ready, Math.max(wait, 1));
+    else await condition(ready);
+
+    while (grantable()) {
+      const workflowId = state.queue.shift()!;
+      state.holders.push(workflowId);
+      // An embodiment that ended while it waited cannot take the slot: give it to the next one.
+      await getExternalWorkflowHandle(workflowId)
+        .signal(slotGrantedSignal)
+        .catch(() => (state.holders = state.holders.filter((w) => w !== workflowId)));
+    }
+
+    while (outcomes.length) {
+      const o = outcomes.shift()!;
+      if (state.seen.includes(o.key)) continue;
+      state.seen = [...state.seen, o.key].slice(-200);
+      state.outcomesSeen++;
+      if (state.phase === 'Ready') state.phase = 'Active';
+      const { window, decisions } = decide(state, o);
+      state.window = window;
+      for (const d of decisions) await apply(d, 'supervisor', o.roleVersion);
+    }
+
+    while (reinstatements.length) {
+      const r = reinstatements.shift()!;
+      // A person already lifted the suspension in the repository (mare roles reinstate); record it and start afresh.
+      if (state.phase === 'Suspended') await apply({ action: 'reinstate', reason: r.reason || 'reinstated by a person', evidence: { window: state.window.length } }, r.by);
+    }
+
+    if (state.phase === 'Suspended' && coolDownLeft() <= 0) {
+      await apply({ action: 'reinstate', reason: `cool-down of ${settings.coolDownSeconds} s elapsed`, evidence: { suspendedUntil: state.suspendedUntil } }, 'supervisor');
+    }
+
+    if (retiring) {
+      state.phase = 'Retiring';
+      publish();
+      await condition(() => state.holders.length === 0);
+      state.phase = 'Terminated';
+      publish();
+      return state;
+    }
+
+    if (tooLong() && !outcomes.length && !reinstatements.length) {
+      await condition(allHandlersFinished);
+      // A signal that arrived meanwhile is handled first, in the next turn of the loop.
+      if (!outcomes.length && !reinstatements.length) await continueAsNew<typeof superviseRole>({ role: state.role, carried: state });
+    }
+  }
+
+  /** Carries out one decision (enforce activity: repository change + record) and updates the state. */
+  async function apply(d: EnforcementDecision, decidedBy: string, roleVersion?: string): Promise<void> {
+    const key = `${state.role}:${++state.actionSeq}`;
+    const cap = d.action === 'throttle' ? settings.throttleCap : null;
+    await enforce({ key, role: state.role, roleVersion, action: d.action, reason: d.reason, evidence: d.evidence, decidedBy, throttleCap: cap });
+    switch (d.action) {
+      case 'suspend':
+        state.phase = 'Suspended';
+        state.suspendedUntil = new Date(now() + settings.coolDownSeconds * 1000).toISOString();
+        break;
+      case 'reinstate':
+        state.phase = 'Active';
+        state.suspendedUntil = undefined;
+        state.window = [];
+        break;
+      case 'throttle':
+        state.throttleCap = cap;
+        break;
+      case 'unthrottle':
+        state.throttleCap = null;
+        break;
+      case 'warning':
+        break;
+    }
+    state.actions = [...state.actions, { ...d, decidedBy, at: new Date(now()).toISOString() }].slice(-50);
+    publish();
+  }
+
+  function publish(): void {
+    upsertSearchAttributes([
+      { key: SEARCH_ATTRIBUTES.supervisorPhase, value: state.phase },
+      { key: SEARCH_ATTRIBUTES.supervisorThrottle, value: state.throttleCap === null ? 'none' : String(state.throttleCap) },
+      { key: SEARCH_ATTRIBUTES.roles, value: [state.role] },
+    ]);
+  }
+}
+
+/** Workflow time (Temporal's replayed clock: the start of the current workflow task). */
+function now(): number {
+  // eslint-disable-next-line no-restricted-properties -- deterministic in workflow code
+  return Date.now();
+}
