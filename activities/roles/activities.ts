@@ -44,9 +44,9 @@ export function createRoleActivities({ pool, roles, logger }: Pick<ActivityDeps,
           routedBy: reason && route.routedBy === 'planner' ? 'default' : route.routedBy,
           ...(notes.length ? { fallbackReason: notes.join('; ') } : {}),
         };
-        // Not cached: a throttle set by the role's supervisor applies to the next embodiment.
-        const throttle = await pool.query<{ throttle_cap: number | null }>('SELECT throttle_cap FROM role_heads WHERE name = $1', [loaded.profile.name]);
-        if (throttle.rows[0]?.throttle_cap) loaded.throttleCap = throttle.rows[0].throttle_cap;
+        // From the (cached, change-notified) routing candidates: a throttle applies to the next embodiment.
+        const throttleCap = candidates.find((c) => c.name === loaded.profile.name)?.throttleCap;
+        if (throttleCap) loaded.throttleCap = throttleCap;
         await bestEffortAudit(logger, () =>
           audit(pool, input.taskId, 'role.loaded', {
             subtaskId: input.subtaskId,

@@ -28,6 +28,8 @@ export interface StoredRole {
   latest: boolean;
   /** Set when the role (all its versions) is suspended. */
   suspended?: { at: Date; reason: string };
+  /** Set while its supervisor throttles the role: embodiments that may run at once. */
+  throttleCap?: number;
 }
 
 /** A version's metadata, without decrypting it. */
@@ -99,11 +101,12 @@ interface VersionRow {
   latest: string | null;
   suspended_at: Date | null;
   suspended_reason: string | null;
+  throttle_cap: number | null;
 }
 
 const SELECT_VERSIONS = `
   SELECT v.name, v.version, v.checksum, v.key_id, v.iv, v.auth_tag, v.ciphertext, v.published_at, v.published_by,
-         v.deprecated_at, v.deprecated_reason, h.latest, h.suspended_at, h.suspended_reason
+         v.deprecated_at, v.deprecated_reason, h.latest, h.suspended_at, h.suspended_reason, h.throttle_cap
   FROM role_versions v LEFT JOIN role_heads h ON h.name = v.name`;
 
 type Queryable = Pick<Pool, 'query'> | PoolClient;
@@ -359,6 +362,7 @@ export class RoleRepository {
       ...(row.deprecated_at ? { deprecated: { at: row.deprecated_at, reason: row.deprecated_reason ?? '' } } : {}),
       latest: row.latest === row.version,
       ...(row.suspended_at ? { suspended: { at: row.suspended_at, reason: row.suspended_reason ?? '' } } : {}),
+      ...(row.throttle_cap ? { throttleCap: row.throttle_cap } : {}),
     };
   }
 }

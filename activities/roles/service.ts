@@ -15,6 +15,8 @@ export interface RoleCandidate {
   handles: string[];
   deprecated: boolean;
   suspended: boolean;
+  /** Set while its supervisor throttles the role (embodiments at once). */
+  throttleCap?: number;
   /** Fails decryption or its integrity check: routed to only if asked for by name (and then refused). */
   unreadable?: string;
 }
@@ -138,6 +140,7 @@ export class RoleService {
           handles: r.profile.handles,
           deprecated: Boolean(r.deprecated),
           suspended: Boolean(r.suspended),
+          ...(r.throttleCap ? { throttleCap: r.throttleCap } : {}),
         }))),
       };
     });
