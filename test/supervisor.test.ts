@@ -11,7 +11,7 @@ const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
 
 beforeAll(async () => {
   stack = await createTestStack();
-  for (const name of ['flaky', 'broken', 'anomalous', 'longlived']) {
+  for (const name of ['flaky', 'broken', 'anomalous', 'longlived', 'retiree']) {
     await stack.roles.repository.publish({ name, version: '1.0.0', description: `${name} role`, systemPrompt: `You are ${name}.`, confidenceThreshold: 0.5 }, who);
   }
 });
@@ -209,4 +209,20 @@ test('every finished embodiment reaches its role supervisor (signal-with-start) 
   const report = await mare('report', 'reliability', '--role', 'writer', '--json');
   expect(report.code).toBe(0);
   expect(JSON.parse(report.stdout)).toEqual([expect.objectContaining({ role: 'writer', version: '1.0.0', embodiments: 1, completed: 1, successRate: 1 })]);
+});
+
+test('retiring a supervisor: Retiring until no embodiment holds a slot, then Terminated, and the workflow ends', async () => {
+  const started = await startSupervisor('retiree');
+  await stack.withWorker({ rules: [{ reply: { text: 'x' } }] }, async () => {
+    await waitFor('Ready', async () => (await stateOf('retiree')).phase === 'Ready');
+    await started.signal(embodimentOutcomeSignal, outcome());
+    await waitFor('Active', async () => (await stateOf('retiree')).phase === 'Active');
+    await started.signal('retireSupervisor');
+    const final = (await started.result()) as SupervisorState;
+    expect(final.phase).toBe('Terminated');
+    expect(final.outcomesSeen).toBe(1);
+  });
+  const description = await started.describe();
+  expect(description.status.name).toBe('COMPLETED');
+  expect(description.searchAttributes[SEARCH_ATTRIBUTES.supervisorPhase.name]).toEqual(['Terminated']);
 });
