@@ -104,6 +104,8 @@ test('throttle: the supervisor caps how many embodiments of a role run at once (
     for (const o of ['failed', 'failed', 'failed', 'completed', 'completed'] as const) await handle.signal(embodimentOutcomeSignal, outcome({ outcome: o }));
     await waitFor('the throttle', async () => (await stateOf('flaky')).throttleCap === 1);
     expect(await rows(`SELECT throttle_cap FROM role_heads WHERE name = 'flaky'`)).toEqual([{ throttle_cap: 1 }]);
+    // The worker's role cache hears of it by NOTIFY (within a second).
+    await waitFor('the cached throttle', async () => (await stack.roles.candidates()).candidates.find((c) => c.name === 'flaky')?.throttleCap === 1);
 
     await stack.client.submitTask({ taskId: 'throttled', goal: 'three parts', concurrency: 3 });
     await stack.client.result('throttled');

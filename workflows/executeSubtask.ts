@@ -198,6 +198,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         throw ApplicationFailure.nonRetryable(`${failure}; escalation to ${current.escalateTo} would embody ${id} again`, 'VerificationFailed');
       }
       embodied.push(id);
+      endEmbodiment();
       await releaseSlot();
       throttleCap = next.throttleCap;
       current = next.profile;
@@ -217,6 +218,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     progress.latestStep = result.error;
     const last = embodiments.at(-1);
     if (last && cancelled) last.outcome = 'cancelled';
+    endEmbodiment();
     await CancellationScope.nonCancellable(async () => {
       await releaseSlot();
       await store.recordSubtask({ taskId, result });
@@ -234,6 +236,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
   async function complete(): Promise<SubtaskResult> {
     result.status = 'completed';
     progress.state = 'completed';
+    endEmbodiment();
     await releaseSlot();
     await store.recordSubtask({ taskId, result });
     await recordEmbodiments();
@@ -266,6 +269,13 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       .catch(() => undefined);
   }
 
+  /** Marks when the current embodiment ended: before its slot is given back, so throttled embodiments never overlap. */
+  function endEmbodiment(): void {
+    const last = embodiments.at(-1);
+    // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock, for the embodiment's latency
+    if (last && last.ended === undefined) last.ended = Date.now();
+  }
+
   /** One reliability row per embodiment, and its outcome signalled to the role's supervisor. */
   async function recordEmbodiments(): Promise<void> {
     if (!embodiments.length) return;
@@ -287,7 +297,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
           attempts: e.attempts,
           score: e.score,
           startedAt: new Date(e.started).toISOString(),
-          endedAt: new Date(next?.started ?? ended).toISOString(),
+          endedAt: new Date(e.ended ?? next?.started ?? ended).toISOString(),
           usage: { inputTokens: until.inputTokens - e.usageStart.inputTokens, outputTokens: until.outputTokens - e.usageStart.outputTokens },
         };
       }),
@@ -493,6 +503,8 @@ interface Embodied {
   started: number;
   /** The subtask's token usage when it started, to attribute tokens to each embodiment. */
   usageStart: TokenUsage;
+  /** Workflow time when it ended (ms), set before its slot (if any) is given back. */
+  ended?: number;
 }
 
 /** Tool output as data for the model: fenced, marked untrusted, never an instruction. */
