@@ -22,6 +22,9 @@ import {
 } from '../activities/roles';
 import { createRedactor, SecretsConfigError } from '../activities/secrets';
 import { loadToolsConfig, ToolsConfigError } from '../activities/tools';
+import { Connection } from '@temporalio/client';
+import { loadClientConnectConfig } from '@temporalio/envconfig';
+import { registerSearchAttributes } from '../scripts/stack/temporal';
 import { createLogger } from '../workers/logger';
 import { runWorkerFromEnv, writeWorkflowBundle } from '../workers/worker';
 import type { TaskProgress } from '../schemas';
@@ -115,6 +118,29 @@ program
       const toolsConfig = loadToolsConfig();
       const redactor = createRedactor(toolsConfig.secrets);
       await runWorkerFromEnv(createLogger('mare-worker', { redactor }), { ...opts, toolsConfig, redactor });
+    }),
+  );
+
+program
+  .command('setup')
+  .description("register MARE's custom search attributes on a Temporal cluster's namespace (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS and API-key variables); `mare dev` does this for its own server")
+  .option('--json', 'print what was added and what was already there as JSON')
+  .action(
+    action(async (opts: { json?: boolean }) => {
+      const { connectionOptions, namespace = 'default' } = loadClientConnectConfig();
+      let connection: Connection;
+      try {
+        connection = await Connection.connect(connectionOptions);
+      } catch (err) {
+        throw new TemporalUnavailableError(connectionOptions.address ?? 'localhost:7233', err);
+      }
+      try {
+        const { added, existing } = await registerSearchAttributes(connection, namespace);
+        if (opts.json) return print(JSON.stringify({ namespace, added, existing }));
+        print(`namespace ${namespace}: ${added.length ? `registered ${added.join(', ')}` : 'nothing to register'}${existing.length ? `; already there: ${existing.join(', ')}` : ''}`);
+      } finally {
+        await connection.close();
+      }
     }),
   );
 

@@ -3,6 +3,7 @@ import { Client, Connection, ServiceError, WorkflowExecutionAlreadyStartedError,
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { z } from 'zod';
 import {
+  oneLine,
   SEARCH_ATTRIBUTES,
   TASK_QUEUE,
   TaskId,
@@ -122,6 +123,18 @@ export class MareClient {
         taskQueue: this.taskQueue,
         workflowId,
         args: [request],
+        // What the Web UI shows for the run: the goal as its summary, the request's settings as details.
+        staticSummary: oneLine(request.goal, 200),
+        staticDetails: [
+          `**Task** \`${request.taskId}\` (tenant \`${request.tenant}\`)`,
+          `**Goal:** ${request.goal.length > 2_000 ? `${request.goal.slice(0, 2_000)}…` : request.goal}`,
+          `concurrency ${request.concurrency}, at most ${request.maxSubtasks} subtasks, ${request.acceptanceCriteria?.length ?? 0} task-level criteria`,
+        ].join('\n\n'),
+        memo: { goal: request.goal, tenant: request.tenant },
+        typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.taskId, value: request.taskId },
+          { key: SEARCH_ATTRIBUTES.tenant, value: request.tenant },
+        ],
         workflowIdConflictPolicy: 'USE_EXISTING',
         workflowIdReusePolicy: 'REJECT_DUPLICATE',
       });
@@ -255,7 +268,7 @@ export class MareClient {
   async listTasks(opts: { limit?: number } = {}): Promise<TaskSummary[]> {
     const out: TaskSummary[] = [];
     for await (const wf of this.client.workflow.list({ query: `WorkflowType = 'orchestrateTask'` })) {
-      const status = wf.searchAttributes?.MareStatus;
+      const status = wf.searchAttributes?.MareTaskStatus ?? wf.searchAttributes?.MareStatus;
       out.push({
         taskId: wf.workflowId.replace(/^mare-task-/, ''),
         workflowId: wf.workflowId,

@@ -11,7 +11,12 @@ export const TOOL_OUTPUT_HISTORY_LIMIT = 4_000;
 
 /** Custom search attributes: registered by `mare dev` and the test server, set by orchestrateTask. */
 export const SEARCH_ATTRIBUTES = {
+  /** The first name of the task status; runs started before `MareTaskStatus` keep setting it. */
   status: defineSearchAttributeKey('MareStatus', SearchAttributeType.KEYWORD),
+  /** A task's status (RUNNING, COMPLETED, FAILED, COMPENSATED). */
+  taskStatus: defineSearchAttributeKey('MareTaskStatus', SearchAttributeType.KEYWORD),
+  /** The task id, on the task's workflow and on each of its subtask workflows. */
+  taskId: defineSearchAttributeKey('MareTaskId', SearchAttributeType.KEYWORD),
   tenant: defineSearchAttributeKey('MareTenant', SearchAttributeType.KEYWORD),
   /** Role versions a run embodied, as `name@version` (a subtask: its one role; a task: all of them). */
   roles: defineSearchAttributeKey('MareRoles', SearchAttributeType.KEYWORD_LIST),
@@ -46,4 +51,10 @@ export function subtaskWorkflowId(taskId: string, subtaskId: string): string {
 /** Workflow id of a role's supervisor: one per role. */
 export function supervisorWorkflowId(role: string): string {
   return `mare-role-supervisor-${role}`;
+}
+
+/** A text cut to `max` characters for one line of the Web UI (summaries are single lines). */
+export function oneLine(text: string, max = 120): string {
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
 }

@@ -12,13 +12,16 @@ beforeAll(quietRuntime);
 // only on purpose. The v1 ones come from code before bookkeeping became local activities (the
 // `bookkeeping-as-local-activities` patch), the v2 ones from code before MCP tools, policies and
 // approvals (the `tools-policies-approvals` patch), the v3 ones from code before verification gates
-// and reliability records (the `verification-gates` patch): they must keep replaying for runs started back then.
+// and reliability records (the `verification-gates` patch), the v4 ones from code before the Web UI
+// readability change (the `web-ui-readability` patch): they must keep replaying for runs started back then.
 const load = (file: string): unknown => JSON.parse(readFileSync(path.join(__dirname, 'histories', file), 'utf8'));
 const workflowBundle = (): { code: string } => ({ code: readFileSync(BUNDLE_PATH, 'utf8') });
 
 test.each([
   ['orchestrateTask.happy.json', 'mare-task-happy'],
   ['executeSubtask.draft.json', 'mare-task-happy--draft'],
+  ['orchestrateTask.happy.v4-gates.json', 'mare-task-happy'],
+  ['executeSubtask.draft.v4-gates.json', 'mare-task-happy--draft'],
   ['orchestrateTask.happy.v3-tools-policies.json', 'mare-task-happy'],
   ['executeSubtask.draft.v3-tools-policies.json', 'mare-task-happy--draft'],
   ['orchestrateTask.happy.v2-builtin-tools.json', 'mare-task-happy'],

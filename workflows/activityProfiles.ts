@@ -1,4 +1,4 @@
-import { ActivityCancellationType, patched, proxyActivities, proxyLocalActivities, type RetryPolicy } from '@temporalio/workflow';
+import { ActivityCancellationType, patched, proxyActivities, proxyLocalActivities, type ActivityOptions, type RetryPolicy } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
 
 type Activities = ReturnType<typeof createActivities>;
@@ -29,11 +29,17 @@ export function bookkeeping(): Bookkeeping {
 }
 
 /** Model calls: long, heartbeating (a dead worker is noticed in 20 s), backoff for rate limits. */
-export const models = proxyActivities<Activities>({
+const MODEL_OPTIONS: ActivityOptions = {
   startToCloseTimeout: '10 minutes',
   heartbeatTimeout: '20 seconds',
   retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 6 },
-});
+};
+export const models = proxyActivities<Activities>(MODEL_OPTIONS);
+
+/** Model calls (and the verifier) with a one-line summary the Web UI shows on the activity. */
+export function modelsWith(summary: string): typeof models {
+  return proxyActivities<Activities>({ ...MODEL_OPTIONS, summary });
+}
 
 /** Tool calls: a cancelled call is waited for, so its undo never races the side effect. */
 export const tools = proxyActivities<Activities>({
@@ -43,8 +49,11 @@ export const tools = proxyActivities<Activities>({
   retry: { initialInterval: '1 second', maximumInterval: '20 seconds', maximumAttempts: 5 },
 });
 
-/** Undo steps: retried harder than anything else, since a failed undo needs a human. */
-export const compensations = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
-});
+/** Undo steps: retried harder than anything else, since a failed undo needs a human. `summary`: what the Web UI shows. */
+export function compensations(summary: string): Pick<ReturnType<typeof proxyActivities<Activities>>, 'compensate'> {
+  return proxyActivities<Activities>({
+    startToCloseTimeout: '1 minute',
+    retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
+    summary,
+  });
+}

@@ -1,6 +1,6 @@
-import { condition, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import { CancellationScope, condition, setHandler, sleep, upsertSearchAttributes } from '@temporalio/workflow';
 import { SEARCH_ATTRIBUTES } from '../schemas/constants';
-import type { ApprovalDecision, ApprovalView, PolicyDecision } from '../schemas';
+import type { ApprovalDecision, ApprovalTerms, ApprovalView, PolicyDecision } from '../schemas';
 import type { Bookkeeping } from './activityProfiles';
 import { approvalsQuery, decideApprovalUpdate } from './definitions';
 
@@ -65,7 +65,7 @@ export class ApprovalDesk {
     this.views.push(view);
     this.publish();
 
-    const decided = await condition(() => this.decisions.has(approvalId), terms.timeoutSeconds * 1000);
+    const decided = await this.waitForDecision(approvalId, terms);
     const d = this.decisions.get(approvalId);
     if (decided && d) {
       Object.assign(view, decidedFields(d));
@@ -76,6 +76,25 @@ export class ApprovalDesk {
     await this.store.recordApprovalDecided({ taskId: this.ids.taskId, approvalId, status: view.status, by: view.decidedBy ?? '', reason: view.decisionReason ?? '' });
     const allowed = view.status === 'approved' || (view.status === 'timed_out' && terms.onTimeout === 'allow');
     return { allowed, view };
+  }
+
+  /**
+   * Waits for the decision or the deadline, whichever comes first; the deadline is a timer with a
+   * summary, so the Web UI shows what it is. A cancellation of the run still ends the wait.
+   */
+  private async waitForDecision(approvalId: string, terms: ApprovalTerms): Promise<boolean> {
+    const scope = new CancellationScope();
+    const race = scope.run(() =>
+      Promise.race([
+        condition(() => this.decisions.has(approvalId)).then(() => true),
+        sleep(terms.timeoutSeconds * 1000, { summary: `approval ${approvalId}: deadline, then ${terms.onTimeout}` }).then(() => false),
+      ]),
+    );
+    try {
+      return await race;
+    } finally {
+      scope.cancel(); // the loser: the timer is cancelled, the wait for a decision dropped
+    }
   }
 
   private pending(): string[] {

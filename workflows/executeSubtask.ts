@@ -7,6 +7,7 @@ import {
   isCancellation,
   patched,
   proxyActivities,
+  setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -32,7 +33,7 @@ import type {
   UndoStep,
 } from '../schemas';
 import type { ToolCallContext } from '../schemas/tools';
-import { bookkeeping, models, tools } from './activityProfiles';
+import { bookkeeping, modelsWith, tools } from './activityProfiles';
 import { acquireSlotSignal, releaseSlotSignal, slotGrantedSignal, subtaskProgressQuery } from './definitions';
 import { ApprovalDesk } from './approvals';
 import { errorMessage } from './errors';
@@ -59,6 +60,11 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     workflowId: workflowInfo().workflowId,
   };
   setHandler(subtaskProgressQuery, () => progress);
+  /** The latest step, for the progress query and as the run's current details in the Web UI. */
+  const step = (text: string): void => {
+    progress.latestStep = text;
+    setCurrentDetails(`${progress.role} · attempt ${progress.attempts}: ${text}`);
+  };
   const { store } = bookkeeping();
 
   const result: SubtaskResult = {
@@ -110,6 +116,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     if (patched('role-version-search-attribute')) {
       upsertSearchAttributes({ [SEARCH_ATTRIBUTES.roles.name]: [progress.role] });
     }
+    if (patched('web-ui-readability')) upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.taskId, value: taskId }]);
     // Runs started before MCP tools and policies keep the built-in-only path their histories recorded.
     if (patched('tools-policies-approvals')) {
       // Pinned like the role: the tools as configured and the policies in force when the embodiment starts.
@@ -145,8 +152,8 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         result.output = await agentLoop(current, messages, attempt);
 
         progress.state = 'verifying';
-        progress.latestStep = `verifying attempt ${attempt}`;
-        const verdict = await models.verify({
+        step(`verifying attempt ${attempt}`);
+        const verdict = await modelsWith(`verify attempt ${attempt} [${current.name}]`).verify({
           taskId,
           subtaskId: subtask.id,
           attempt,
@@ -161,11 +168,11 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         result.score = record.score = verdict.score;
         passed = verdict.passed;
         if (passed) {
-          progress.latestStep = `verified (score ${verdict.score.toFixed(2)})`;
+          step(`verified (score ${verdict.score.toFixed(2)})`);
         } else {
           feedback = verdict.feedback;
           progress.state = 'running';
-          progress.latestStep = `verification failed: ${verdict.feedback}`;
+          step(`verification failed: ${verdict.feedback}`);
         }
       }
       if (passed) {
@@ -180,14 +187,14 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
 
       if (current.escalateTo === 'human') {
         // A person looks at the work and the verifier's findings: approved work completes as it is.
-        progress.latestStep = `verification failed; waiting for a person (${current.name} escalates to human)`;
+        step(`verification failed; waiting for a person (${current.name} escalates to human)`);
         const outcome = await desk!.request(
           { kind: 'verification', target: `${current.name}@${current.version}`, args: { score: result.score, feedback: feedback ?? '', evidenceId: result.evidenceIds.at(-1) ?? '' }, callKey: `${workflowInfo().workflowId}/verification/${attempt}` },
           { decision: 'escalate', reason: `${failure}; role ${current.name} escalates to a person`, approval: { timeoutSeconds: 86_400, onTimeout: 'deny' } },
         );
         if (!outcome.allowed) throw ApplicationFailure.nonRetryable(`${failure}; a person did not accept it (approval ${outcome.view.approvalId} ${outcome.view.status})`, 'VerificationFailed');
         result.approvedBy = outcome.view.decidedBy;
-        progress.latestStep = `accepted by ${outcome.view.decidedBy ?? 'a person'} after failed verification`;
+        step(`accepted by ${outcome.view.decidedBy ?? 'a person'} after failed verification`);
         return await complete();
       }
 
@@ -208,14 +215,14 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       progress.role = id;
       upsertSearchAttributes({ [SEARCH_ATTRIBUTES.roles.name]: [...embodied] });
       progress.state = 'running';
-      progress.latestStep = `escalated to ${id}`;
+      step(`escalated to ${id}`);
     }
   } catch (err) {
     const cancelled = isCancellation(err);
     result.status = cancelled ? 'cancelled' : 'failed';
     result.error = cancelled ? 'cancelled' : errorMessage(err);
     progress.state = result.status;
-    progress.latestStep = result.error;
+    step(result.error);
     const last = embodiments.at(-1);
     if (last && cancelled) last.outcome = 'cancelled';
     endEmbodiment();
@@ -255,7 +262,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       return;
     }
     slotHolder = roleName;
-    progress.latestStep = `waiting for a slot: ${roleName} is throttled`;
+    step(`waiting for a slot: ${roleName} is throttled`);
     await condition(() => slotGranted);
   }
 
@@ -319,9 +326,9 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       .map((g) => g.tool)
       .filter((t) => !catalog || catalog.tools.some((info) => info.name === t));
     for (let iteration = 1; iteration <= role.maxIterations; iteration++) {
-      progress.latestStep = `attempt ${attempt}: model call ${iteration}`;
+      step(`attempt ${attempt}: model call ${iteration}`);
       const policy = catalog ? await gateModelCall(role, messages, `${transcriptId}/i${iteration}/model`) : undefined;
-      const response = await models.callModel({
+      const response = await modelsWith(`act: model call ${iteration} of attempt ${attempt} [${role.name}]`).callModel({
         ...(policy ? { policy } : {}),
         purpose: 'act',
         messages: messages.slice(sent),
@@ -364,11 +371,11 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     const permission = checkToolCall(role, call);
     if (!permission.allowed) {
       result.deniedToolCalls++;
-      progress.latestStep = `denied ${call.name}`;
+      step(`denied ${call.name}`);
       await store.recordToolDenied({ taskId, subtaskId: subtask.id, callKey, tool: call.name, args: call.args, role: role.name });
       return reply(`Permission denied: ${permission.reason}.`, true);
     }
-    progress.latestStep = `tool ${call.name}`;
+    step(`tool ${call.name}`);
     const ctx = { taskId, subtaskId: subtask.id, callKey };
     switch (call.name) {
       case 'workspace.read': {
@@ -407,7 +414,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     const info = tools.tools.find((t) => t.name === call.name);
     const refuse = async (reason: string): Promise<ChatMessage> => {
       result.deniedToolCalls++;
-      progress.latestStep = `denied ${info ? call.name : 'an unknown tool'}`;
+      step(`denied ${info ? call.name : 'an unknown tool'}`);
       await store.recordToolDenied({ taskId, subtaskId: subtask.id, callKey, tool: call.name, args: call.args, role: role.name, reason });
       return reply(`Permission denied: ${reason}.`, true);
     };
@@ -434,12 +441,12 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     if (decision.decision !== 'allow') await store.recordPolicyDecision({ taskId, subtaskId: subtask.id, key: callKey, kind: 'tool', target: call.name, decision });
     if (decision.decision === 'deny') return refuse(`policy ${decision.policy ?? ''} denied it: ${decision.reason}`);
     if (decision.decision === 'escalate') {
-      progress.latestStep = `waiting for approval of ${call.name}`;
+      step(`waiting for approval of ${call.name}`);
       const outcome = await desk!.request({ kind: 'tool', target: call.name, args: call.args, callKey }, decision);
       if (!outcome.allowed) return refuse(`approval ${outcome.view.approvalId} ${outcome.view.status}: ${outcome.view.decisionReason ?? ''}`);
     }
 
-    progress.latestStep = `tool ${call.name}`;
+    step(`tool ${call.name}`);
     if (info.access === 'write' && info.undo) {
       // The undo is registered before the side effect, so a crash in between still rolls back.
       result.undo.push({ tool: call.name, callKey, taskId, subtaskId: subtask.id, args: call.args });
@@ -485,7 +492,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     if (decision.decision === 'allow') return { key, target: policyInput.target, decision };
     await store.recordPolicyDecision({ taskId, subtaskId: subtask.id, key, kind: 'model', target: policyInput.target, decision });
     if (decision.decision === 'escalate') {
-      progress.latestStep = 'waiting for approval of a model call';
+      step('waiting for approval of a model call');
       if ((await desk!.request({ kind: 'model', target: policyInput.target, args: {}, callKey: key }, decision)).allowed) return undefined;
     }
     throw ApplicationFailure.nonRetryable(`PolicyDenied: a model call was not allowed (${decision.policy ?? 'policy'}: ${decision.reason})`, 'PolicyDenied');

@@ -6,14 +6,16 @@ import {
   executeChild,
   isCancellation,
   patched,
+  setCurrentDetails,
   setHandler,
+  upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { CompensationOutcome, Plan, Subtask, SubtaskResult, TaskProgress, TaskRequest, TaskResult, UndoStep } from '../schemas';
-import { SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../schemas/constants';
+import { oneLine, SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../schemas/constants';
 import { addUsage, ZERO_USAGE } from '../schemas/usage';
-import { bookkeeping, compensations, models, type Bookkeeping } from './activityProfiles';
+import { bookkeeping, compensations, modelsWith, type Bookkeeping } from './activityProfiles';
 import { progressQuery } from './definitions';
 import { errorMessage } from './errors';
 import { executeSubtask } from './executeSubtask';
@@ -28,11 +30,18 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   const progress: TaskProgress = { taskId: input.taskId, status: 'RUNNING', phase: 'planning', subtasks: [] };
   setHandler(progressQuery, () => progress);
   const { store, local } = bookkeeping();
+  // Runs started before the Web UI readability change keep the search attributes their histories set.
+  const readable = patched('web-ui-readability');
+  const statusKey = readable ? SEARCH_ATTRIBUTES.taskStatus : SEARCH_ATTRIBUTES.status;
   const tag = (tenant: string): void =>
     upsertSearchAttributes([
-      { key: SEARCH_ATTRIBUTES.status, value: 'RUNNING' },
+      { key: statusKey, value: 'RUNNING' },
       { key: SEARCH_ATTRIBUTES.tenant, value: tenant },
+      ...(readable ? [{ key: SEARCH_ATTRIBUTES.taskId, value: input.taskId }] : []),
     ]);
+  /** What the Web UI shows as the run's current step (not part of the history's commands). */
+  const show = (details: string): void => setCurrentDetails(details);
+  show('validating the request');
 
   // 0. Validate the request (defaults applied) and record the task. Runs started before the
   //    bookkeeping patch had their input validated by the client, were tagged first and recorded after.
@@ -45,6 +54,9 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     await store.recordTaskStarted({ taskId: req.taskId, workflowId: workflowInfo().workflowId, goal: req.goal, tenant: req.tenant });
   }
 
+  const planner = modelsWith(`plan: ${oneLine(req.goal, 80)}`);
+  const taskVerifier = modelsWith("verify the task's own acceptance criteria");
+
   // 1. Decompose. An unusable plan has already been replaced by one atomic subtask, with the reason.
   let plan: Plan = { subtasks: [] };
   let usage = ZERO_USAGE;
@@ -54,8 +66,10 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   let failure: string | undefined;
   let verification: TaskResult['verification'];
   try {
-    const planned = await models.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks, tenant: req.tenant });
+    show(`planning: decomposing the goal into subtasks`);
+    const planned = await planner.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks, tenant: req.tenant });
     plan = planned.plan;
+    if (readable) upsertMemo({ planSize: plan.subtasks.length });
     usage = addUsage(usage, planned.usage);
     modelNames.add(planned.model);
     Object.assign(progress, { plan, planFallbackReason: planned.fallbackReason, phase: 'executing' });
@@ -79,7 +93,8 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     // 3. The task's own acceptance criteria, over the combined result: failing them rolls everything back.
     if (failure === undefined && req.acceptanceCriteria?.length) {
       progress.phase = 'verifying';
-      const verdict = await models.verify({
+      show(`verifying the task's ${req.acceptanceCriteria.length} acceptance criteria`);
+      const verdict = await taskVerifier.verify({
         taskId: req.taskId,
         subtaskId: TASK_SCOPE,
         attempt: 1,
@@ -108,6 +123,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   let status: TaskResult['status'] = 'COMPLETED';
   if (failure !== undefined || cancelled) {
     progress.phase = 'compensating';
+    show(`compensating: ${failure ?? 'cancelled'}`);
     const stacks = [...finished.map((r) => r.undo), ...failed.map((f) => f.partial?.undo ?? [])];
     outcomes = await CancellationScope.nonCancellable(() => compensate(store, req.taskId, stacks));
     status = outcomes.every((o) => o.ok) ? 'COMPENSATED' : 'FAILED';
@@ -130,8 +146,9 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   progress.phase = 'done';
   // MareRoles: every role version this task embodied, so runs can be found by role version.
   const roles = [...new Set(subtaskResults.filter((s) => s.roleVersion).map((s) => `${s.role}@${s.roleVersion}`))];
+  show(`done: ${status}${result.error ? ` (${result.error})` : ''}`);
   upsertSearchAttributes([
-    { key: SEARCH_ATTRIBUTES.status, value: status },
+    { key: statusKey, value: status },
     ...(roles.length && patched('role-version-search-attribute') ? [{ key: SEARCH_ATTRIBUTES.roles, value: roles }] : []),
   ]);
   await CancellationScope.nonCancellable(() => store.recordTaskFinished({ result }));
@@ -178,6 +195,8 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     try {
       const result = await executeChild(executeSubtask, {
         workflowId: subtaskWorkflowId(req.taskId, s.id),
+        staticSummary: oneLine(`${s.id}: ${s.title} [${s.role}]`),
+        staticDetails: `**Subtask** \`${s.id}\` of task \`${req.taskId}\`: ${s.instructions}${s.dependsOn.length ? `\n\nAfter: ${s.dependsOn.join(', ')}` : ''}`,
         args: [
           {
             taskId: req.taskId,
@@ -201,6 +220,9 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     sp.state = state;
     sp.latestStep = latestStep;
     if (attempts !== undefined) sp.attempts = attempts;
+    const count = (st: string): number => progress.subtasks.filter((p) => p.state === st).length;
+    const running = progress.subtasks.filter((p) => p.state === 'running').map((p) => `${p.id} [${p.role}]`);
+    show(`executing: ${count('completed')}/${progress.subtasks.length} subtasks done${running.length ? `; running ${running.join(', ')}` : ''}${count('failed') ? `; ${count('failed')} failed` : ''}`);
   }
 
   function titleOf(id: string): string {
@@ -227,7 +249,7 @@ async function compensate(store: Bookkeeping['store'], taskId: string, stacks: U
   const outcomes: CompensationOutcome[] = [];
   for (const step of steps) {
     try {
-      outcomes.push({ step, ok: true, detail: await compensations.compensate(step) });
+      outcomes.push({ step, ok: true, detail: await compensations(`undo ${step.tool} of ${step.subtaskId}`).compensate(step) });
     } catch (err) {
       outcomes.push({ step, ok: false, detail: errorMessage(err) });
     }

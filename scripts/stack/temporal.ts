@@ -318,27 +318,39 @@ async function checkReady(address: string, namespace: string, searchAttributes: 
   try {
     await connection.workflowService.getSystemInfo({});
     await connection.workflowService.describeNamespace({ namespace });
-    const listed = await connection.operatorService.listSearchAttributes({ namespace });
-    const existing: Record<string, number | null | undefined> = listed.customAttributes ?? {};
-    const missing: Record<string, number> = {};
-    for (const [name, type] of Object.entries(searchAttributes)) {
-      const have = existing[name];
-      if (have === undefined || have === null) {
-        missing[name] = INDEXED_VALUE_TYPE[type];
-      } else if (have !== INDEXED_VALUE_TYPE[type]) {
-        throw new StackError(
-          `Search attribute ${name} already exists in namespace ${namespace} with a different type than ${type}; use a fresh database file`,
-          'SEARCH_ATTRIBUTE_TYPE_MISMATCH',
-        );
-      }
-    }
     // start-dev only registers search attributes when it creates the namespace, so an older database file lacks new ones.
-    if (Object.keys(missing).length > 0) {
-      await connection.operatorService.addSearchAttributes({ namespace, searchAttributes: missing });
-    }
+    await registerSearchAttributes(connection, namespace, searchAttributes);
   } finally {
     await connection.close();
   }
+}
+
+/**
+ * Registers the search attributes a namespace lacks (`mare dev` on an older database file, and
+ * `mare setup` on a cluster); one that exists with another type is a StackError. Returns what was
+ * added and what was already there.
+ */
+export async function registerSearchAttributes(
+  connection: Connection,
+  namespace: string,
+  searchAttributes: Record<string, SearchAttributeTypeName> = MARE_SEARCH_ATTRIBUTES,
+): Promise<{ added: string[]; existing: string[] }> {
+  const listed = await connection.operatorService.listSearchAttributes({ namespace });
+  const have: Record<string, number | null | undefined> = listed.customAttributes ?? {};
+  const missing: Record<string, number> = {};
+  const existing: string[] = [];
+  for (const [name, type] of Object.entries(searchAttributes)) {
+    const current = have[name];
+    if (current === undefined || current === null) {
+      missing[name] = INDEXED_VALUE_TYPE[type];
+    } else if (current !== INDEXED_VALUE_TYPE[type]) {
+      throw new StackError(`Search attribute ${name} already exists in namespace ${namespace} with a different type than ${type}`, 'SEARCH_ATTRIBUTE_TYPE_MISMATCH');
+    } else {
+      existing.push(name);
+    }
+  }
+  if (Object.keys(missing).length > 0) await connection.operatorService.addSearchAttributes({ namespace, searchAttributes: missing });
+  return { added: Object.keys(missing), existing };
 }
 
 /** Starts `temporal server start-dev` on 127.0.0.1 with a persistent SQLite file and waits until it serves requests. */
