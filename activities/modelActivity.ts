@@ -6,7 +6,8 @@ import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
 import { McpUnavailableError } from './mcp/hub';
-import { checkSystemModelCall } from './policy/gate';
+import { recordModelMetrics } from './metrics';
+import { checkSystemModelCall, SYSTEM_CALLER } from './policy/gate';
 import { classifyModelError } from './model';
 import { detectSensitivity } from './secrets';
 import { recordPolicyDecision } from './store';
@@ -45,6 +46,15 @@ export async function callModelWithHeartbeat(
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (call_key) DO NOTHING`,
     [`${activityKey()}:${callIndex}`, req.meta.taskId, req.meta.subtaskId ?? null, req.purpose, response.model, response.offline, response.usage.inputTokens, response.usage.outputTokens],
   );
+  const tokens = response.usage.inputTokens + response.usage.outputTokens;
+  recordModelMetrics({
+    role: req.meta.role ?? (req.purpose === 'act' ? 'unknown' : SYSTEM_CALLER[req.purpose]),
+    model: response.model,
+    purpose: req.purpose,
+    inputTokens: response.usage.inputTokens,
+    outputTokens: response.usage.outputTokens,
+    costUsd: (tokens / 1000) * deps.tools.config.modelPricePer1kTokens,
+  });
   return response;
 }
 

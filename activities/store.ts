@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { activityKey, sha256 } from './idempotency';
+import { recordApprovalMetric } from './metrics';
 import type { Redactor } from './secrets';
 
 /** Stores content once under its sha256 and returns the digest. */
@@ -116,6 +117,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11) ON CONFLICT (task_id, approval_id) DO NOTHING`,
         [view.taskId, view.approvalId, view.subtaskId, view.workflowId, input.callKey, view.kind, view.target, JSON.stringify(view.args), view.reason, view.policy ?? null, view.deadline],
       );
+      recordApprovalMetric('requested');
       await audit(pool, view.taskId, 'approval.requested', { approvalId: view.approvalId, subtaskId: view.subtaskId, kind: view.kind, target: view.target, policy: view.policy, deadline: view.deadline });
       return view;
     },
@@ -126,6 +128,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
         `UPDATE approvals SET status = $3, decided_by = $4, decision_reason = $5, decided_at = now() WHERE task_id = $1 AND approval_id = $2 AND status = 'pending'`,
         [input.taskId, input.approvalId, input.status, redactor.redact(input.by), redactor.redact(input.reason)],
       );
+      if (input.status !== 'pending') recordApprovalMetric(input.status);
       await audit(pool, input.taskId, 'approval.decided', { approvalId: input.approvalId, status: input.status, by: redactor.redact(input.by), reason: redactor.redact(input.reason) });
     },
 

@@ -1,10 +1,11 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import Ajv from 'ajv';
 import { z } from 'zod';
-import { addUsage, describeCriterion, extractJsonObject, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
+import { addUsage, describeCriterion, extractJsonObject, TASK_SCOPE, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
+import { recordVerificationMetrics } from './metrics';
 import { audit } from './store';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
@@ -22,6 +23,8 @@ export interface VerifyInput {
   threshold: number;
   /** The task's tenant, for policies on the judge's model calls. */
   tenant?: string;
+  /** The role whose work is verified, for metrics. */
+  role?: string;
 }
 
 /** The verification engine: every criterion is checked, scored, and stored as evidence. */
@@ -168,6 +171,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
         [evidenceId, input.taskId, input.subtaskId, input.attempt, passed, score, JSON.stringify(evidence)],
       );
       await audit(pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId });
+      recordVerificationMetrics({ role: input.role ?? (input.subtaskId === TASK_SCOPE ? TASK_SCOPE : 'unknown'), score, passed });
       // The feedback reaches the progress query and the retry's prompt: no secrets in it.
       return { passed, score, threshold: input.threshold, feedback: deps.redactor.redact(feedback), evidenceId, results, usage: spend.usage, models: [...spend.models] };
     },

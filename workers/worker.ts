@@ -15,6 +15,7 @@ import type { ToolsConfig } from '../schemas/toolConfig';
 import { migrate } from '../db/migrate';
 import { TASK_QUEUE } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
+import { parseBind, startHealthServer } from './health';
 import { workerTuningFromEnv, type WorkerTuning } from './tuning';
 
 /** Knobs a deployment may set; everything else comes from the environment. */
@@ -111,6 +112,7 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('DATABASE_URL is not set: the worker needs PostgreSQL (`mare dev` sets it for you)');
   const tuning = workerTuningFromEnv();
+  if (process.env.MARE_HEALTH_BIND) parseBind(process.env.MARE_HEALTH_BIND); // a bad value stops the worker before it connects
   const bundlePath = process.env.MARE_WORKFLOW_BUNDLE;
   if (bundlePath && !existsSync(bundlePath)) {
     throw new Error(`MARE_WORKFLOW_BUNDLE=${bundlePath} does not exist: write it with \`mare bundle ${bundlePath}\` (after every code change), or unset it`);
@@ -136,12 +138,17 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
       tuning,
       deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger, tools: services.tools, policies: services.policies, redactor: services.redactor },
     });
+    const health = process.env.MARE_HEALTH_BIND ? await startHealthServer({ bind: process.env.MARE_HEALTH_BIND, worker, pool, logger }) : undefined;
     logger.info(
       { taskQueue: TASK_QUEUE, mcpTools: services.tools.mcpToolNames(), roleKeys: keyring.origin, namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
       'worker started',
     );
-    // worker.run() resolves after SIGINT/SIGTERM (the SDK installs those handlers) and the grace time.
-    await worker.run();
+    try {
+      // worker.run() resolves after SIGINT/SIGTERM (the SDK installs those handlers) and the grace time.
+      await worker.run();
+    } finally {
+      health?.close();
+    }
   } finally {
     await connection.close();
     await services.close();

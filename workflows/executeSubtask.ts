@@ -161,6 +161,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
           output: result.output,
           threshold: current.confidenceThreshold,
           tenant,
+          role: current.name,
         });
         result.evidenceIds.push(verdict.evidenceId);
         result.usage = addUsage(result.usage, verdict.usage);

@@ -3,6 +3,7 @@ import { TASK_QUEUE, supervisorWorkflowId, type TokenUsage } from '../../schemas
 import type { EnforcementDecision, OutcomeReport } from '../../schemas/supervisor';
 import type { ActivityDeps } from '../deps';
 import { RoleNotFoundError, RoleRepositoryError } from '../roles/repository';
+import { recordEnforcementMetric } from '../metrics';
 import { audit } from '../store';
 import { recordEmbodiment, recordEnforcement, setThrottle, type EmbodimentOutcome } from './store';
 
@@ -72,6 +73,7 @@ export function createReliabilityActivities(deps: ActivityDeps) {
       if (input.action === 'throttle' || input.action === 'unthrottle') await setThrottle(pool, input.role, input.action === 'throttle' ? input.throttleCap : null, input.reason);
       await recordEnforcement(pool, { key: input.key, role: input.role, roleVersion: input.roleVersion, action: input.action, reason: input.reason, evidence: input.evidence, decidedBy: input.decidedBy });
       await audit(pool, `role:${input.role}`, `enforcement.${input.action}`, { role: input.role, reason: input.reason, decidedBy: input.decidedBy }, input.key);
+      recordEnforcementMetric(input.role, input.action);
       deps.logger.warn({ role: input.role, action: input.action, reason: input.reason }, 'role enforcement');
     },
   };

@@ -1,6 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { ToolCatalogView, UndoStep } from '../../schemas';
 import type { ActivityDeps } from '../deps';
+import { recordCompensationMetric } from '../metrics';
 import { undoWorkspaceWrite } from '../workspace';
 import { createMcpToolActivities, undoMcpCall } from './mcpTools';
 
@@ -21,10 +22,11 @@ export function createToolActivities(deps: ActivityDeps) {
 
     /** Carries out one undo step, built-in or MCP; running it twice has the effect of running it once. */
     async compensate(step: UndoStep): Promise<string> {
-      if (step.tool === 'workspace.write') return undoWorkspaceWrite(deps, step);
       const entry = deps.tools.mcpTool(step.tool);
-      if (!entry) throw ApplicationFailure.nonRetryable(`no undo is known for tool ${step.tool}`, 'NoUndoKnown');
-      return undoMcpCall(deps, entry, step);
+      if (step.tool !== 'workspace.write' && !entry) throw ApplicationFailure.nonRetryable(`no undo is known for tool ${step.tool}`, 'NoUndoKnown');
+      const detail = entry ? await undoMcpCall(deps, entry, step) : await undoWorkspaceWrite(deps, step);
+      recordCompensationMetric(step.tool);
+      return detail;
     },
   };
 }
