@@ -518,6 +518,9 @@ test('a planted secret is redacted from logs, audit rows, tool records, progress
     progressText,
   ];
   expect(lines.join('')).toContain('tool call denied');
+  // A line written during an activity carries the task, the workflow and the activity.
+  const denial = JSON.parse(lines.find((l) => l.includes('tool call denied'))!) as Record<string, unknown>;
+  expect(denial).toMatchObject({ taskId: 'canary', workflowId: subtaskWorkflowId('canary', 'c'), activity: 'recordToolDenied', attempt: 1 });
   expect(lines.join('')).toContain('[REDACTED]');
   for (const dump of dumps) expect(dump).not.toContain(canary);
   const events = await historyOf(stack, subtaskWorkflowId('canary', 'c'));

@@ -1,5 +1,6 @@
 import pino, { type DestinationStream, type LogFn, type Logger } from 'pino';
 import { createRedactor, type Redactor } from '../activities/secrets';
+import { logContext } from './logContext';
 
 /** Where a logger writes and what it redacts. */
 export interface LoggerOptions {
@@ -19,6 +20,8 @@ export function createLogger(name = 'mare', opts: LoggerOptions = {}): Logger {
   const options: pino.LoggerOptions = {
     name,
     level: process.env.MARE_LOG_LEVEL ?? 'info',
+    // Lines written while an activity runs carry its task id, workflow id, activity and role.
+    mixin: () => ({ ...logContext.getStore() }),
     // pino's own err serializer would retype an already redacted error shape as "Object".
     serializers: { err: (err: unknown) => (err instanceof Error ? redactor.redactDeep(err) : err) },
     hooks: {

@@ -16,6 +16,7 @@ import { migrate } from '../db/migrate';
 import { TASK_QUEUE } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
 import { parseBind, startHealthServer } from './health';
+import { LogContextInterceptor } from './logContext';
 import { workerTuningFromEnv, type WorkerTuning } from './tuning';
 
 /** Knobs a deployment may set; everything else comes from the environment. */
@@ -43,7 +44,10 @@ export async function createMareWorker(opts: MareWorkerOptions): Promise<Worker>
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
     activities: { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) },
     ...(opts.identity ? { identity: opts.identity } : {}),
-    ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
+    interceptors: {
+      ...opts.interceptors,
+      activity: [() => ({ inbound: new LogContextInterceptor() }), ...(opts.interceptors?.activity ?? [])],
+    },
     ...opts.tuning,
     // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
     shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
