@@ -9,6 +9,7 @@ import { registerPolicyCommands } from './policiesCommand';
 import { registerApprovalCommands } from './approvalsCommand';
 import { registerAuditCommands } from './auditCommand';
 import { registerReportCommands } from './reportCommand';
+import { MIN_API_KEY_LENGTH, serveApi } from './api';
 import { ReportUsageError } from '../activities/reliability/store';
 import { PolicyNotFoundError, PolicyRepositoryError, PolicyValidationError } from '../activities/policy';
 import {
@@ -254,6 +255,25 @@ program
     action(async (opts: { keep?: boolean; port: number; uiPort: number }) => {
       const completed = await runDemo({ print, keep: opts.keep ?? false, port: opts.port, uiPort: opts.uiPort });
       if (!completed) process.exitCode = 1;
+    }),
+  );
+
+program
+  .command('api')
+  .description('serve the HTTP API (tasks, progress events, approvals, health, OpenAPI at /v1/openapi.json) with the key in MARE_API_KEY; connects to Temporal like the client commands; stops on SIGINT/SIGTERM')
+  .option('--port <port>', 'port to listen on', positiveInt, 8080)
+  .option('--host <host>', 'address to listen on', '127.0.0.1')
+  .action(
+    action(async (opts: { port: number; host: string }) => {
+      const apiKey = process.env.MARE_API_KEY;
+      if (!apiKey) throw new UsageError(`MARE_API_KEY is not set: the HTTP API needs a key of at least ${MIN_API_KEY_LENGTH} characters (e.g. \`openssl rand -hex 32\`)`);
+      if (apiKey.length < MIN_API_KEY_LENGTH) throw new UsageError(`MARE_API_KEY is too short (${apiKey.length} characters): use at least ${MIN_API_KEY_LENGTH}`);
+      const client = await MareClient.connect();
+      try {
+        await serveApi({ client, apiKey, logger: createLogger('mare-api'), port: opts.port, host: opts.host, print });
+      } finally {
+        await client.close();
+      }
     }),
   );
 
