@@ -84,7 +84,21 @@ function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...arg
 }
 
 const program = new Command('mare')
-  .description('MARE: durable orchestration of LLM agents on Temporal.\nClient commands connect with TEMPORAL_ADDRESS (default localhost:7233) and TEMPORAL_NAMESPACE (default "default").')
+  .description(
+    'MARE: durable orchestration of LLM agents on Temporal.\nCommands that talk to Temporal connect like the Temporal CLI: TEMPORAL_ADDRESS (default localhost:7233), TEMPORAL_NAMESPACE (default "default"), TEMPORAL_API_KEY, the TLS variables and profiles of temporal.toml, or the flags below, which override them.',
+  )
+  // The Temporal CLI's flag names; they set the environment @temporalio/envconfig reads.
+  .option('--address <host:port>', 'Temporal frontend address (TEMPORAL_ADDRESS)')
+  .option('--namespace <name>', 'Temporal namespace (TEMPORAL_NAMESPACE)')
+  .option('--api-key <key>', 'API key, e.g. for Temporal Cloud; turns TLS on (TEMPORAL_API_KEY)')
+  .option('--profile <name>', 'profile of the Temporal config file (TEMPORAL_PROFILE)')
+  .hook('preAction', (command) => {
+    const flags = command.opts<{ address?: string; namespace?: string; apiKey?: string; profile?: string }>();
+    if (flags.address) process.env.TEMPORAL_ADDRESS = flags.address;
+    if (flags.namespace) process.env.TEMPORAL_NAMESPACE = flags.namespace;
+    if (flags.apiKey) process.env.TEMPORAL_API_KEY = flags.apiKey;
+    if (flags.profile) process.env.TEMPORAL_PROFILE = flags.profile;
+  })
   .showHelpAfterError();
 
 program

@@ -78,6 +78,14 @@ test('bad input gets a clear error and a non-zero exit, and starts nothing', asy
   expect(unreachable.code).toBe(1);
   expect(unreachable.stderr).toContain('cannot reach Temporal at 127.0.0.1:1');
   expect(unreachable.stderr).toContain('start a local stack with `mare dev`, or set TEMPORAL_ADDRESS');
+  // The Temporal CLI's flag names override the environment, before or after the command.
+  const before = await mare('--address', '127.0.0.1:2', 'list');
+  expect(before).toMatchObject({ code: 1, stderr: expect.stringContaining('cannot reach Temporal at 127.0.0.1:2') });
+  const after = await mare('list', '--address', '127.0.0.1:3');
+  expect(after).toMatchObject({ code: 1, stderr: expect.stringContaining('cannot reach Temporal at 127.0.0.1:3') });
+  const elsewhere = await mare('--namespace', 'no-such-namespace', 'list');
+  expect(elsewhere.code).not.toBe(0);
+  expect(elsewhere.stderr).toContain('no-such-namespace');
   const cancel = await mare('cancel', 'nope');
   expect(cancel.code).toBe(2);
   expect(cancel.stderr).toContain('no task with id "nope"');
