@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -217,4 +218,15 @@ export function localActivities(events: temporal.api.history.v1.IHistoryEvent[])
 export function builtinToolDeps(): { tools: ToolCatalog; redactor: ReturnType<typeof createRedactor> } {
   const config = ToolsConfig.parse({});
   return { tools: new ToolCatalog(config), redactor: createRedactor(config.secrets) };
+}
+
+/**
+ * Writes a workflow's history (as the Temporal CLI exports it) to test/histories/<file> when
+ * MARE_RECORD_HISTORIES is set (`npm run histories`); the replay test replays every file there.
+ */
+export async function recordHistory(stack: TestStack, file: string, workflowId: string): Promise<void> {
+  if (!process.env.MARE_RECORD_HISTORIES) return;
+  const cli = await resolveTemporalCli();
+  const json = execFileSync(cli, ['workflow', 'show', '--address', stack.env.address, '--workflow-id', workflowId, '--output', 'json'], { encoding: 'utf8' });
+  writeFileSync(path.join(__dirname, 'histories', file), json);
 }

@@ -4,7 +4,7 @@ import { InvalidTaskRequestError, TaskNotFoundError } from '../client/client';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import type { TaskProgress } from '../schemas';
 import { TASK_QUEUE, taskWorkflowId } from '../schemas';
-import { activityPayloads, allPayloadText, createTestStack, historyOf, localActivities, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
+import { activityPayloads, allPayloadText, createTestStack, historyOf, localActivities, planReply, recordHistory, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
 
@@ -16,16 +16,10 @@ afterAll(async () => {
   await stack?.teardown();
 });
 
-/** Refreshes test/histories/ from this run (MARE_RECORD_HISTORIES=1) with the Temporal CLI; the replay test reads them. */
+/** Refreshes test/histories/ from this run (`npm run histories`); the replay test reads them. */
 async function recordHistories(taskId: string): Promise<void> {
-  const { execFileSync } = await import('node:child_process');
-  const { writeFileSync } = await import('node:fs');
-  const { resolveTemporalCli } = await import('../scripts/stack/temporal');
-  const cli = await resolveTemporalCli();
-  for (const [file, wid] of [['orchestrateTask.happy.json', taskWorkflowId(taskId)], ['executeSubtask.draft.json', `${taskWorkflowId(taskId)}--draft`]] as const) {
-    const json = execFileSync(cli, ['workflow', 'show', '--address', stack.env.address, '--workflow-id', wid, '--output', 'json'], { encoding: 'utf8' });
-    writeFileSync(path.join(__dirname, 'histories', file), json);
-  }
+  await recordHistory(stack, 'orchestrateTask.happy.json', taskWorkflowId(taskId));
+  await recordHistory(stack, 'executeSubtask.draft.json', `${taskWorkflowId(taskId)}--draft`);
 }
 
 const ws = (taskId: string, rel: string): string => path.join(stack.workspaceRoot, taskId, rel);
@@ -75,7 +69,7 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   // the draft received the outline's output as a dependency and ran as its own child workflow
   const childEvents = await historyOf(stack, `${taskWorkflowId('happy')}--draft`);
   const child = scheduledActivities(childEvents);
-  if (process.env.MARE_RECORD_HISTORIES) await recordHistories('happy');
+  await recordHistories('happy');
   expect(child).toEqual(['callModel', 'workspace.read', 'callModel', 'workspace.write', 'callModel', 'verify']);
   // bookkeeping runs as local activities: recorded as markers, no task-queue round trip
   expect(localActivities(childEvents)).toEqual(['loadRole', 'toolCatalog', 'loadPolicies', 'recordSubtask', 'recordEmbodiments']);

@@ -8,7 +8,7 @@ import { BUNDLE_PATH } from './paths';
 
 beforeAll(quietRuntime);
 
-// The current ones are recorded with `MARE_RECORD_HISTORIES=1 npm test -- -t "happy path"`; re-record
+// The current ones (one per workflow type) are recorded with `npm run histories`; re-record
 // only on purpose. The v1 ones come from code before bookkeeping became local activities (the
 // `bookkeeping-as-local-activities` patch), the v2 ones from code before MCP tools, policies and
 // approvals (the `tools-policies-approvals` patch), the v3 ones from code before verification gates
@@ -20,6 +20,7 @@ const workflowBundle = (): { code: string } => ({ code: readFileSync(BUNDLE_PATH
 test.each([
   ['orchestrateTask.happy.json', 'mare-task-happy'],
   ['executeSubtask.draft.json', 'mare-task-happy--draft'],
+  ['superviseRole.retiree.json', 'mare-role-supervisor-retiree'],
   ['orchestrateTask.happy.v4-gates.json', 'mare-task-happy'],
   ['executeSubtask.draft.v4-gates.json', 'mare-task-happy--draft'],
   ['orchestrateTask.happy.v3-tools-policies.json', 'mare-task-happy'],

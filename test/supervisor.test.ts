@@ -3,7 +3,7 @@ import path from 'node:path';
 import { SEARCH_ATTRIBUTES, supervisorWorkflowId, TASK_QUEUE } from '../schemas';
 import { decide, SUPERVISOR_DEFAULTS, type OutcomeReport, type SupervisorState } from '../schemas/supervisor';
 import { embodimentOutcomeSignal, supervisorStateQuery } from '../workflows/definitions';
-import { createTestStack, planReply, type ScriptInput, type TestStack } from './helpers';
+import { createTestStack, planReply, recordHistory, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
 const who = { actor: 'test' };
@@ -226,5 +226,6 @@ test('retiring a supervisor: Retiring until no embodiment holds a slot, then Ter
   });
   const description = await started.describe();
   expect(description.status.name).toBe('COMPLETED');
+  await recordHistory(stack, 'superviseRole.retiree.json', supervisorWorkflowId('retiree'));
   expect(description.searchAttributes[SEARCH_ATTRIBUTES.supervisorPhase.name]).toEqual(['Terminated']);
 });
