@@ -15,3 +15,11 @@ test('a bad tuning value is a clear error naming the variable', () => {
   expect(() => workerTuningFromEnv({ MARE_NON_STICKY_POLL_RATIO: '1.5' })).toThrow(/MARE_NON_STICKY_POLL_RATIO/);
   expect(() => workerTuningFromEnv({ MARE_MAX_CACHED_WORKFLOWS: '2.5' })).toThrow(/MARE_MAX_CACHED_WORKFLOWS/);
 });
+
+test('rate limits for model providers: per worker and per task queue', () => {
+  expect(workerTuningFromEnv({ MARE_MAX_ACTIVITIES_PER_SECOND: '2.5', MARE_MAX_TASK_QUEUE_ACTIVITIES_PER_SECOND: '10' })).toEqual({
+    maxActivitiesPerSecond: 2.5,
+    maxTaskQueueActivitiesPerSecond: 10,
+  });
+  expect(() => workerTuningFromEnv({ MARE_MAX_TASK_QUEUE_ACTIVITIES_PER_SECOND: '0' })).toThrow(/MARE_MAX_TASK_QUEUE_ACTIVITIES_PER_SECOND/);
+});

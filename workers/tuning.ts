@@ -20,6 +20,10 @@ export const WorkerTuning = z.strictObject({
   maxConcurrentActivityTaskPolls: z.number().int().min(1).optional(),
   /** Share of workflow-task polls on the shared queue (new workflows, e.g. child starts) vs. the sticky queue. */
   nonStickyToStickyPollRatio: z.number().gt(0).max(1).optional(),
+  /** Activities this worker starts per second (e.g. to stay under a model provider's rate limit). */
+  maxActivitiesPerSecond: z.number().gt(0).optional(),
+  /** Activities the whole task queue starts per second, across every worker (the server enforces it). */
+  maxTaskQueueActivitiesPerSecond: z.number().gt(0).optional(),
 });
 export type WorkerTuning = z.infer<typeof WorkerTuning>;
 
@@ -32,6 +36,8 @@ export const TUNING_ENV: Record<keyof WorkerTuning, string> = {
   maxConcurrentWorkflowTaskPolls: 'MARE_WORKFLOW_TASK_POLLERS',
   maxConcurrentActivityTaskPolls: 'MARE_ACTIVITY_TASK_POLLERS',
   nonStickyToStickyPollRatio: 'MARE_NON_STICKY_POLL_RATIO',
+  maxActivitiesPerSecond: 'MARE_MAX_ACTIVITIES_PER_SECOND',
+  maxTaskQueueActivitiesPerSecond: 'MARE_MAX_TASK_QUEUE_ACTIVITIES_PER_SECOND',
 };
 
 /** MARE's defaults: the SDK's own, since none of the changes tried in bench/TUNING.md paid off on 2 cores. */
