@@ -108,7 +108,7 @@ program
   .option('--ui-port <port>', 'Temporal Web UI port', positiveInt, 8233)
   .action(
     action(async (opts: { port: number; uiPort: number }) => {
-      const logger = createLogger('mare-dev');
+      const logger = createLogger('mare-dev', { pretty: process.env.MARE_LOG_PRETTY ? process.env.MARE_LOG_PRETTY !== '0' : process.stdout.isTTY });
       const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort });
       describeStack(stack).forEach((l) => print(l));
       if (stack.model.offline) print(OFFLINE_NOTICE);

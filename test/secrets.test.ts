@@ -294,3 +294,23 @@ describe('logger redaction', () => {
     }
   });
 });
+
+test('pretty logs (mare dev on a terminal) are human-readable lines and redacted too', async () => {
+  const canary = 'canary-pretty-0123456789abcdef';
+  const redactor = createRedactor({}, { MARE_CANARY_API_KEY: canary });
+  const { Writable } = await import('node:stream');
+  let out = '';
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      out += chunk.toString();
+      done();
+    },
+  });
+  const logger = createLogger('mare-dev', { redactor, pretty: true, destination });
+  logger.info({ key: canary }, `worker started with ${canary}`);
+  logger.flush();
+  await new Promise((r) => setTimeout(r, 50));
+  expect(out).toMatch(/INFO.*\(mare-dev\): worker started with \[REDACTED\]/);
+  expect(out).not.toContain(canary);
+  expect(out.trim().startsWith('{')).toBe(false);
+});

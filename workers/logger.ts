@@ -1,4 +1,5 @@
 import pino, { type DestinationStream, type LogFn, type Logger } from 'pino';
+import pretty from 'pino-pretty';
 import { createRedactor, type Redactor } from '../activities/secrets';
 import { logContext } from './logContext';
 
@@ -8,6 +9,8 @@ export interface LoggerOptions {
   redactor?: Redactor;
   /** Default: standard output. */
   destination?: DestinationStream;
+  /** Human-readable lines (pino-pretty) instead of JSON: `mare dev` on a terminal, or MARE_LOG_PRETTY=1. */
+  pretty?: boolean;
 }
 
 /**
@@ -36,5 +39,9 @@ export function createLogger(name = 'mare', opts: LoggerOptions = {}): Logger {
       streamWrite: (line) => redactor.redact(line),
     },
   };
+  if (opts.pretty) {
+    // Lines are redacted before they reach pino-pretty (streamWrite runs first), so pretty output is redacted too.
+    return pino(options, pretty({ destination: opts.destination ?? 1, sync: true, colorize: !opts.destination && process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+  }
   return opts.destination ? pino(options, opts.destination) : pino(options);
 }
