@@ -7,6 +7,7 @@ import { runDemo } from './demo';
 import { registerRoleCommands, UsageError } from './rolesCommand';
 import { registerPolicyCommands } from './policiesCommand';
 import { registerApprovalCommands } from './approvalsCommand';
+import { registerSupervisorCommands } from './supervisorCommand';
 import { registerAuditCommands } from './auditCommand';
 import { registerReportCommands } from './reportCommand';
 import { MIN_API_KEY_LENGTH, serveApi } from './api';
@@ -294,6 +295,7 @@ program
 registerRoleCommands(program, action, print);
 registerPolicyCommands(program, action, print);
 registerApprovalCommands(program, action, print);
+registerSupervisorCommands(program, action, print);
 registerAuditCommands(program, action, print);
 registerReportCommands(program, action, print);
 

@@ -147,6 +147,12 @@ test("suspension sends the role's subtasks to the fallback; a cool-down reinstat
     expect(out).toMatchObject({ code: 0, stdout: 'reinstated broken\n' });
     expect(out.stderr).toContain("told the role's supervisor");
     await waitFor('the reinstatement', async () => (await stateOf('broken')).phase === 'Active', 10_000);
+    const shown = await mare('supervisor', 'show', 'broken');
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toMatch(/^supervisor of broken: Active; throttle none\nwindow: 0 embodiments/);
+    expect(shown.stdout).toContain('reinstate  by frank: fixed the prompt');
+    expect(JSON.parse((await mare('supervisor', 'show', 'broken', '--json')).stdout)).toMatchObject({ role: 'broken', phase: 'Active' });
+    expect(await mare('supervisor', 'show', 'nobody')).toMatchObject({ code: 2, stderr: 'mare: role "nobody" has no supervisor yet: one starts with the role\'s first finished embodiment\n' });
   });
   const actions = await rows<{ action: string; decided_by: string }>(`SELECT action, decided_by FROM enforcement_actions WHERE role = 'broken' ORDER BY id`);
   expect(actions).toEqual([
@@ -219,7 +225,7 @@ test('retiring a supervisor: Retiring until no embodiment holds a slot, then Ter
     await waitFor('Ready', async () => (await stateOf('retiree')).phase === 'Ready');
     await started.signal(embodimentOutcomeSignal, outcome());
     await waitFor('Active', async () => (await stateOf('retiree')).phase === 'Active');
-    await started.signal('retireSupervisor');
+    expect(await mare('supervisor', 'retire', 'retiree')).toMatchObject({ code: 0, stdout: 'asked the supervisor of retiree to retire\n' });
     const final = (await started.result()) as SupervisorState;
     expect(final.phase).toBe('Terminated');
     expect(final.outcomesSeen).toBe(1);
