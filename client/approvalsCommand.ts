@@ -1,10 +1,8 @@
 import type { Command } from 'commander';
 import type { ApprovalView } from '../schemas';
 import { MareClient } from './client';
-import { UsageError } from './rolesCommand';
+import { UsageError, type Action, type Print } from './commandKit';
 
-type Print = (line?: string) => void;
-type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
 function line(a: ApprovalView): string {
   const decided = a.status === 'pending' ? `until ${a.deadline}, then ${a.onTimeout}` : `by ${a.decidedBy ?? '?'}: ${a.decisionReason ?? ''}`;

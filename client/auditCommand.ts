@@ -1,29 +1,12 @@
-import { InvalidArgumentError, type Command } from 'commander';
-import { Pool } from 'pg';
+import type { Command } from 'commander';
+import type { Pool } from 'pg';
 import { AUDIT_AT_TEXT_SQL, verifyAuditChain } from '../activities/audit/chain';
-import { migrate } from '../db/migrate';
-import { UsageError } from './rolesCommand';
+import { positiveInt, withDatabase, type Action, type Print } from './commandKit';
 
-type Print = (line?: string) => void;
-type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
 /** Opens DATABASE_URL (migrated) for one command. */
-async function withDatabase<T>(fn: (pool: Pool) => Promise<T>): Promise<T> {
-  const url = process.env.DATABASE_URL;
-  if (!url) throw new UsageError('DATABASE_URL is not set: audit commands work on the PostgreSQL database workers use (`mare dev` prints it)');
-  await migrate(url);
-  const pool = new Pool({ connectionString: url, max: 2 });
-  try {
-    return await fn(pool);
-  } finally {
-    await pool.end();
-  }
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
-  return n;
+function withDb<T>(fn: (pool: Pool) => Promise<T>): Promise<T> {
+  return withDatabase('audit commands work on the PostgreSQL database workers use', fn);
 }
 
 interface AuditRow {
@@ -47,7 +30,7 @@ export function registerAuditCommands(program: Command, action: Action, print: P
     .option('--json', 'print the report as JSON')
     .action(
       action(async (opts: { json?: boolean }) => {
-        const report = await withDatabase((pool) => verifyAuditChain(pool));
+        const report = await withDb((pool) => verifyAuditChain(pool));
         if (opts.json) print(JSON.stringify(report, null, 2));
         else if (report.ok) print(`audit trail intact: ${report.events} events`);
         else print(`audit trail broken at event #${report.brokenAt.chainSeq} (id ${report.brokenAt.id}): ${report.brokenAt.reason}`);
@@ -63,7 +46,7 @@ export function registerAuditCommands(program: Command, action: Action, print: P
     .option('--json', 'print as JSON')
     .action(
       action(async (opts: { task?: string; limit: number; json?: boolean }) => {
-        const rows = await withDatabase(async (pool) => {
+        const rows = await withDb(async (pool) => {
           const { rows: newest } = await pool.query<AuditRow>(
             `SELECT id::text, chain_seq::text, ${AUDIT_AT_TEXT_SQL} AS at, task_id, kind, event_key, data, hash FROM audit_events
               WHERE $1::text IS NULL OR task_id = $1 ORDER BY audit_events.chain_seq DESC LIMIT $2`,

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { ApprovalNotFoundError, ApprovalRejectedError, MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError } from './client';
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
 import { runDemo } from './demo';
-import { registerRoleCommands, UsageError } from './rolesCommand';
+import { positiveInt, UsageError } from './commandKit';
+import { registerRoleCommands } from './rolesCommand';
 import { registerPolicyCommands } from './policiesCommand';
 import { registerApprovalCommands } from './approvalsCommand';
 import { registerSupervisorCommands } from './supervisorCommand';
@@ -33,11 +34,6 @@ import type { TaskProgress } from '../schemas';
 
 const print = (line = ''): void => void process.stdout.write(`${line}\n`);
 
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
-  return n;
-}
 
 /** Errors that are the user's to fix: one clear line, exit code 2 (TemporalUnavailableError: 1). */
 const KNOWN_ERRORS = [

@@ -1,28 +1,18 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { Option, type Command } from 'commander';
-import { Pool } from 'pg';
 import { bootstrapPolicies, PolicyRepository, splitPolicyRef, type StoredPolicy } from '../activities/policy';
 import type { Actor } from '../activities/roles/repository';
-import { migrate } from '../db/migrate';
-import { UsageError } from './rolesCommand';
+import { UsageError, withDatabase, type Action, type Print } from './commandKit';
 
-type Print = (line?: string) => void;
-type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
 /** Opens the repository on DATABASE_URL (migrated, default policy present) for one command. */
-async function withRepository<T>(fn: (repo: PolicyRepository) => Promise<T>): Promise<T> {
-  const url = process.env.DATABASE_URL;
-  if (!url) throw new UsageError('DATABASE_URL is not set: policy commands work on the PostgreSQL database workers use (`mare dev` prints it)');
-  await migrate(url);
-  const pool = new Pool({ connectionString: url, max: 2 });
-  try {
+function withRepository<T>(fn: (repo: PolicyRepository) => Promise<T>): Promise<T> {
+  return withDatabase('policy commands work on the PostgreSQL database workers use', async (pool) => {
     const repo = new PolicyRepository(pool);
     await bootstrapPolicies(repo);
-    return await fn(repo);
-  } finally {
-    await pool.end();
-  }
+    return fn(repo);
+  });
 }
 
 function actor(opts: { actor?: string; by?: string; reason?: string }): Actor {

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Pool } from 'pg';
+import type { Pool } from 'pg';
 import {
   enforcementReport,
   parseSince,
@@ -8,22 +8,12 @@ import {
   type EnforcementRow,
   type ReliabilityRow,
 } from '../activities/reliability/store';
-import { migrate } from '../db/migrate';
+import { withDatabase, type Action, type Print } from './commandKit';
 
-type Print = (line?: string) => void;
-type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
 /** Opens DATABASE_URL (migrated) for one command. */
-async function withDatabase<T>(fn: (pool: Pool) => Promise<T>): Promise<T> {
-  const url = process.env.DATABASE_URL;
-  if (!url) throw new ReportUsageError('DATABASE_URL is not set: reports read the PostgreSQL database workers use (`mare dev` prints it)');
-  await migrate(url);
-  const pool = new Pool({ connectionString: url, max: 2 });
-  try {
-    return await fn(pool);
-  } finally {
-    await pool.end();
-  }
+function withDb<T>(fn: (pool: Pool) => Promise<T>): Promise<T> {
+  return withDatabase('reports read the PostgreSQL database workers use', fn, (m) => new ReportUsageError(m));
 }
 
 /** Lines of a table whose columns are as wide as their widest cell; `right` columns are right-aligned. */
@@ -91,7 +81,7 @@ export function registerReportCommands(program: Command, action: Action, print: 
     .action(
       action(async (opts: { role?: string; since?: string; json?: boolean }) => {
         const filter = { ...(opts.role ? { role: opts.role } : {}), ...(opts.since !== undefined ? { since: parseSince(opts.since) } : {}) };
-        const rows = await withDatabase((pool) => reliabilityReport(pool, filter));
+        const rows = await withDb((pool) => reliabilityReport(pool, filter));
         if (opts.json) return print(JSON.stringify(rows, null, 2));
         if (!rows.length) return print('no embodiments recorded');
         reliabilityTable(rows).forEach((l) => print(l));
@@ -109,7 +99,7 @@ export function registerReportCommands(program: Command, action: Action, print: 
       action(async (opts: { role?: string; since?: string; limit?: string; json?: boolean }) => {
         const limit = limitOf(opts.limit);
         const filter = { ...(opts.role ? { role: opts.role } : {}), ...(opts.since !== undefined ? { since: parseSince(opts.since) } : {}), ...(limit ? { limit } : {}) };
-        const rows = await withDatabase((pool) => enforcementReport(pool, filter));
+        const rows = await withDb((pool) => enforcementReport(pool, filter));
         if (opts.json) return print(JSON.stringify(rows, null, 2));
         if (!rows.length) return print('no enforcement actions recorded');
         enforcementTable(rows).forEach((l) => print(l));

@@ -20,17 +20,11 @@ import {
   type StoredRole,
 } from '../activities/roles';
 import { migrate } from '../db/migrate';
+import { UsageError, type Action, type Print } from './commandKit';
 import { dataDir } from '../scripts/stack/datadir';
 import { supervisorWorkflowId } from '../schemas/constants';
 import { reinstateRoleSignal } from '../workflows/definitions';
 
-type Print = (line?: string) => void;
-
-/** A command used wrongly (missing DATABASE_URL, unreadable file, missing version): exit code 2. */
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
-type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
 /** Opens the repository on DATABASE_URL (migrated, default roles present) for one command. */
 async function withRepository<T>(fn: (repo: RoleRepository, pool: Pool) => Promise<T>): Promise<T> {

@@ -4,10 +4,8 @@ import { supervisorWorkflowId } from '../schemas/constants';
 import { windowStats, type SupervisorState } from '../schemas/supervisor';
 import { retireSupervisorSignal, supervisorStateQuery } from '../workflows/definitions';
 import { MareClient } from './client';
-import { UsageError } from './rolesCommand';
+import { UsageError, type Action, type Print } from './commandKit';
 
-type Print = (line?: string) => void;
-type Action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
 /** `mare supervisor show <role>` and `mare supervisor retire <role>`: a role's supervisor workflow. */
 export function registerSupervisorCommands(program: Command, action: Action, print: Print): void {

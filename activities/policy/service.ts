@@ -1,4 +1,5 @@
-import type { Pool, PoolClient } from 'pg';
+import type { Pool } from 'pg';
+import { ChangeListener } from '../changeListener';
 import type { Logger } from 'pino';
 import type { LoadedPolicy } from '../../schemas/policy';
 import { PolicyRepository } from './repository';
@@ -35,31 +36,17 @@ export class PolicyService {
   /** Bumped by every invalidation: a read that started before one is not cached. */
   private generation = 0;
   private readonly ttlMs: number;
-  private listener?: PoolClient;
-  private readonly released = new WeakSet<PoolClient>();
-  private reconnect?: NodeJS.Timeout;
-  private closed = false;
+  private readonly listener: ChangeListener;
 
   constructor(private readonly opts: PolicyServiceOptions) {
     this.repository = new PolicyRepository(opts.pool);
     this.ttlMs = opts.ttlMs ?? POLICY_CACHE_TTL_MS;
+    this.listener = new ChangeListener({ pool: opts.pool, channel: POLICY_CHANNEL, what: 'policy', logger: opts.logger }, () => this.invalidate());
   }
 
   /** Starts listening for changes. Without it, the cached set lives until its TTL. */
   async start(): Promise<void> {
-    if (this.closed || this.listener) return;
-    let lose: (err: Error) => void = (err) => this.lostListener(undefined, err);
-    try {
-      const client = await this.opts.pool.connect();
-      lose = (err) => this.lostListener(client, err);
-      client.on('notification', () => this.invalidate());
-      client.on('error', lose);
-      await client.query(`LISTEN ${POLICY_CHANNEL}`);
-      this.listener = client;
-      this.invalidate(); // after a reconnect: changes made while not listening went unnoticed
-    } catch (err) {
-      lose(err as Error);
-    }
+    await this.listener.start();
   }
 
   /** Drops the cached set: the next read goes to PostgreSQL. */
@@ -103,31 +90,6 @@ export class PolicyService {
 
   /** Stops listening. */
   async close(): Promise<void> {
-    this.closed = true;
-    clearTimeout(this.reconnect);
-    const listener = this.listener;
-    this.listener = undefined;
-    if (listener) {
-      await listener.query(`UNLISTEN ${POLICY_CHANNEL}`).catch(() => undefined);
-      this.releaseOnce(listener);
-    }
-  }
-
-  /** A broken connection can report several errors after its LISTEN failed or it was closed: release it once. */
-  private releaseOnce(client: PoolClient, err?: Error): void {
-    if (this.released.has(client)) return;
-    this.released.add(client);
-    client.release(err);
-  }
-
-  private lostListener(client: PoolClient | undefined, err: Error): void {
-    if (client === this.listener) this.listener = undefined;
-    if (client) this.releaseOnce(client, err);
-    // Notifications may have been missed: the cached set cannot be trusted until we listen again.
-    this.invalidate();
-    if (this.closed) return;
-    this.opts.logger?.warn({ err }, 'policy change listener lost; reconnecting');
-    this.reconnect = setTimeout(() => void this.start(), 1_000);
-    this.reconnect.unref();
+    await this.listener.close();
   }
 }

@@ -1,6 +1,7 @@
 import { BrokenCircuitError, circuitBreaker, ConsecutiveBreaker, handleWhen, type CircuitBreakerPolicy } from 'cockatiel';
 import { LRUCache } from 'lru-cache';
-import type { Pool, PoolClient } from 'pg';
+import type { Pool } from 'pg';
+import { ChangeListener } from '../changeListener';
 import type { Logger } from 'pino';
 import type { RoleSource } from '../../schemas';
 import { RoleIntegrityError, UnknownRoleKeyError, type RoleKeyring } from './crypto';
@@ -75,10 +76,7 @@ export class RoleService {
   private readonly cache: LRUCache<string, Entry>;
   private readonly lastKnownGood: LRUCache<string, Entry>;
   private readonly breaker: CircuitBreakerPolicy;
-  private listener?: PoolClient;
-  private readonly released = new WeakSet<PoolClient>();
-  private reconnect?: NodeJS.Timeout;
-  private closed = false;
+  private readonly listener: ChangeListener;
 
   constructor(private readonly opts: RoleServiceOptions) {
     this.repository = new RoleRepository(opts.pool, opts.keyring);
@@ -88,23 +86,13 @@ export class RoleService {
     const counted = handleWhen((err) => !(err instanceof RoleIntegrityError || err instanceof UnknownRoleKeyError));
     this.breaker = circuitBreaker(counted, { halfOpenAfter: halfOpenAfterMs, breaker: new ConsecutiveBreaker(failures) });
     this.breaker.onStateChange((state) => opts.logger?.warn({ state }, 'role repository circuit breaker changed state'));
+    // A notification names the role; undefined (connected, or the connection lost) means anything may have changed.
+    this.listener = new ChangeListener({ pool: opts.pool, channel: ROLE_CHANNEL, what: 'role', logger: opts.logger }, (name) => this.invalidate(name));
   }
 
   /** Starts listening for changes. Without it, cached reads live until their TTL. */
   async start(): Promise<void> {
-    if (this.closed || this.listener) return;
-    let lose: (err: Error) => void = (err) => this.lostListener(undefined, err);
-    try {
-      const client = await this.opts.pool.connect();
-      lose = (err) => this.lostListener(client, err);
-      client.on('notification', (msg) => this.invalidate(msg.payload));
-      client.on('error', lose);
-      await client.query(`LISTEN ${ROLE_CHANNEL}`);
-      this.listener = client;
-      this.cache.clear(); // after a reconnect: changes made while not listening went unnoticed
-    } catch (err) {
-      lose(err as Error);
-    }
+    await this.listener.start();
   }
 
   /** Drops cached reads of one role (and the routing candidates), or everything. */
@@ -149,14 +137,7 @@ export class RoleService {
 
   /** Stops listening. */
   async close(): Promise<void> {
-    this.closed = true;
-    clearTimeout(this.reconnect);
-    const listener = this.listener;
-    this.listener = undefined;
-    if (listener) {
-      await listener.query(`UNLISTEN ${ROLE_CHANNEL}`).catch(() => undefined);
-      this.releaseOnce(listener);
-    }
+    await this.listener.close();
   }
 
   private async read(key: string, load: () => Promise<Entry>): Promise<{ entry: Entry; source: RoleSource; note?: string }> {
@@ -180,23 +161,5 @@ export class RoleService {
       this.opts.logger?.warn({ key, reason }, 'role repository unavailable; serving the last known good version');
       return { entry: stale, source: 'last-known-good', note: `role repository unavailable (${reason}); served the last known good version` };
     }
-  }
-
-  /** A broken connection can report several errors after its LISTEN failed or it was closed: release it once. */
-  private releaseOnce(client: PoolClient, err?: Error): void {
-    if (this.released.has(client)) return;
-    this.released.add(client);
-    client.release(err);
-  }
-
-  private lostListener(client: PoolClient | undefined, err: Error): void {
-    if (client === this.listener) this.listener = undefined;
-    if (client) this.releaseOnce(client, err);
-    // Notifications may have been missed: nothing cached can be trusted until we listen again.
-    this.cache.clear();
-    if (this.closed) return;
-    this.opts.logger?.warn({ err }, 'role change listener lost; reconnecting');
-    this.reconnect = setTimeout(() => void this.start(), 1_000);
-    this.reconnect.unref();
   }
 }
