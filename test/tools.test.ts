@@ -41,7 +41,7 @@ function toolsConfig(extra: Record<string, unknown> = {}) {
           create_directory: { access: 'write' },
         },
       },
-      everything: { url: `http://127.0.0.1:${everythingPort}/mcp`, tools: { echo: { access: 'read' } } },
+      everything: { url: `http://127.0.0.1:${everythingPort}/mcp`, tools: { echo: { access: 'read' }, 'trigger-long-running-operation': { access: 'read', timeoutMs: 30_000 } } },
       // The same server again, with echo taking the idempotency key as its argument: it shows the key it got.
       keyed: { url: `http://127.0.0.1:${everythingPort}/mcp`, tools: { echo: { access: 'read', idempotencyKeyArg: 'message' } } },
     },
@@ -90,6 +90,7 @@ beforeAll(async () => {
         { tool: 'fs.create_directory', access: 'write' },
         { tool: 'everything.echo', access: 'read' },
         { tool: 'keyed.echo', access: 'read' },
+        { tool: 'everything.trigger-long-running-operation', access: 'read' },
       ],
     },
     who,
@@ -647,4 +648,32 @@ test('mare worker refuses a bad tools configuration with one clear message namin
   expect(out.stderr).toContain('set exactly one of command (stdio) or url (streamable HTTP)');
   expect(out.stderr).toContain('a tool with an undo is not irreversible');
   expect(out.stderr).toContain('must be lower-case letters, digits and dashes');
+});
+
+test('a tool call heartbeats while the server works on it (seen on the pending activity)', async () => {
+  const script: ScriptInput = {
+    rules: [
+      plan('l'),
+      { match: { purpose: 'act', turn: 0 }, reply: toolCall('everything.trigger-long-running-operation', { duration: 4, steps: 8 }) },
+      { match: { purpose: 'act' }, reply: { text: 'done' } },
+    ],
+  };
+  const result = await stack.withWorker(
+    script,
+    async () => {
+      await stack.client.submitTask({ taskId: 'long-tool', goal: 'a long tool call' });
+      const handle = stack.env.client.workflow.getHandle(subtaskWorkflowId('long-tool', 'l'));
+      const heartbeat = await waitFor('a heartbeat of the running tool call', async () => {
+        const pending = (await handle.describe().catch(() => undefined))?.raw.pendingActivities ?? [];
+        const call = pending.find((a) => a.activityType?.name === 'everything.trigger-long-running-operation');
+        return call?.lastHeartbeatTime ? call : undefined;
+      });
+      expect(heartbeat.activityType?.name).toBe('everything.trigger-long-running-operation');
+      return stack.client.result('long-tool');
+    },
+    { toolsConfig: toolsConfig() },
+  );
+  expect(result.status).toBe('COMPLETED');
+  const [call] = await rows<{ status: string; detail: string }>(`SELECT status, detail FROM tool_calls WHERE task_id = 'long-tool'`);
+  expect(call).toMatchObject({ status: 'ok', detail: expect.stringContaining('Long running operation completed') });
 });
