@@ -1,6 +1,5 @@
-import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { ServiceError, WorkflowNotFoundError, type WorkflowExecutionDescription } from '@temporalio/client';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
@@ -14,6 +13,7 @@ import {
   TemporalUnavailableError,
   type MareClient,
 } from './client';
+import { authenticate, HttpError, JSON_HEADERS, listen, readJson, sendJson, sha256 } from './httpKit';
 
 /** API keys shorter than this are refused: a key is the only thing between the network and the tasks. */
 export const MIN_API_KEY_LENGTH = 16;
@@ -45,18 +45,6 @@ export interface ApiServerOptions {
   healthTimeoutMs?: number;
   /** Largest accepted request body (default 1 MiB). */
   maxBodyBytes?: number;
-}
-
-/** An answer decided by the API itself (auth, routing, validation), not by the client library. */
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly extra: Record<string, unknown> = {},
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
 }
 
 interface Issue {
@@ -293,14 +281,7 @@ export async function closeApiServer(server: http.Server, opts: { graceMs?: numb
 /** `mare api`: serves the API until SIGINT or SIGTERM, then closes it. */
 export async function serveApi(opts: ApiServerOptions & { port: number; host: string; print: (line: string) => void }): Promise<void> {
   const server = createApiServer(opts);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port, opts.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const { port } = server.address() as AddressInfo;
+  const { port } = await listen(server, opts.port, opts.host);
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
   opts.print(`MARE HTTP API on http://${host}:${port}/v1 (OpenAPI document: /v1/openapi.json). Press Ctrl-C to stop.`);
   await new Promise<void>((resolve) => {
@@ -330,24 +311,6 @@ function stickyAbortController(): AbortController {
   });
   return controller;
 }
-const JSON_HEADERS = { 'content-type': 'application/json; charset=utf-8', 'x-content-type-options': 'nosniff' };
-
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  res.writeHead(status, { ...JSON_HEADERS, 'cache-control': 'no-store', ...headers });
-  res.end(JSON.stringify(body));
-}
-
-function sha256(text: string): Buffer {
-  return createHash('sha256').update(text).digest();
-}
-
-function authenticate(header: string | undefined, keyDigest: Buffer): void {
-  const unauthorized = (message: string): HttpError => new HttpError(401, message, {}, { 'www-authenticate': 'Bearer realm="mare"' });
-  const found = /^Bearer[ ]+(\S+)\s*$/i.exec(header ?? '');
-  if (!found?.[1]) throw unauthorized('missing API key: send "Authorization: Bearer <key>"');
-  if (!timingSafeEqual(sha256(found[1]), keyDigest)) throw unauthorized('invalid API key');
-}
-
 function match(routes: Route[], method: string, pathname: string): { route: Route; params: Record<string, string> } {
   const parts = pathname.split('/');
   const allowed: string[] = [];
@@ -372,49 +335,6 @@ function match(routes: Route[], method: string, pathname: string): { route: Rout
   }
   if (allowed.length) throw new HttpError(405, `method ${method} not allowed on ${pathname}`, {}, { allow: allowed.join(', ') });
   throw new HttpError(404, `no route ${method} ${pathname}`);
-}
-
-/** Reads and parses a JSON body of at most `limit` bytes (413 beyond it, 415 for another media type). */
-async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
-  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
-  if (type && type !== 'application/json' && !type.endsWith('+json')) {
-    drain(req);
-    throw new HttpError(415, `request bodies are JSON: send "Content-Type: application/json" (got "${type}")`);
-  }
-  const tooLarge = (): HttpError => new HttpError(413, `request body larger than ${limit} bytes`);
-  if (Number(req.headers['content-length'] ?? 0) > limit) {
-    drain(req);
-    throw tooLarge();
-  }
-  const raw = await new Promise<Buffer>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const onData = (chunk: Buffer): void => {
-      size += chunk.length;
-      if (size <= limit) return void chunks.push(chunk);
-      req.off('data', onData);
-      drain(req);
-      reject(tooLarge());
-    };
-    req.on('data', onData);
-    req.once('end', () => resolve(Buffer.concat(chunks)));
-    req.once('error', reject);
-  });
-  try {
-    return JSON.parse(raw.toString('utf8')) as unknown;
-  } catch {
-    throw new HttpError(400, 'request body is not valid JSON', { issues: [] });
-  }
-}
-
-/** Discards the rest of a refused body so the answer reaches the client; a sender that keeps going is cut off. */
-function drain(req: IncomingMessage): void {
-  let discarded = 0;
-  req.on('data', (chunk: Buffer) => {
-    discarded += chunk.length;
-    if (discarded > 16 * MAX_BODY_BYTES) req.socket.destroy();
-  });
-  req.resume();
 }
 
 function validate<S extends z.ZodType>(schema: S, value: unknown, name?: string): z.output<S> {

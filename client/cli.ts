@@ -12,6 +12,7 @@ import { registerSupervisorCommands } from './supervisorCommand';
 import { registerAuditCommands } from './auditCommand';
 import { registerReportCommands } from './reportCommand';
 import { MIN_API_KEY_LENGTH, serveApi } from './api';
+import { CodecTokenError, codecTokenFromEnv, DEFAULT_CODEC_PORT, serveCodec } from './codecServer';
 import { ReportUsageError } from '../activities/reliability/store';
 import { PolicyNotFoundError, PolicyRepositoryError, PolicyValidationError } from '../activities/policy';
 import {
@@ -29,10 +30,22 @@ import { Connection } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import { registerSearchAttributes } from '../scripts/stack/temporal';
 import { createLogger } from '../workers/logger';
+import { parseBind } from '../workers/health';
+import { DeploymentConfigError, deploymentFromEnv, setCurrentVersion } from '../workers/versioning';
+import { PayloadIntegrityError, PayloadKeyError, payloadKeyringFromEnv } from '../workers/payloadCodec';
+import { dataDir } from '../scripts/stack/datadir';
 import { runWorkerFromEnv, writeWorkflowBundle } from '../workers/worker';
-import type { TaskProgress } from '../schemas';
+import { QUEUE_KINDS, type QueueKind, type TaskProgress } from '../schemas';
 
 const print = (line = ''): void => void process.stdout.write(`${line}\n`);
+
+/** `--queues models,tools` → the queue kinds, each known and named once. */
+function parseQueues(list: string): QueueKind[] {
+  const kinds = list.split(',').map((k) => k.trim()).filter(Boolean);
+  const unknown = kinds.filter((k) => !(QUEUE_KINDS as string[]).includes(k));
+  if (unknown.length || !kinds.length) throw new UsageError(`--queues: ${unknown.length ? `unknown kind "${unknown.join('", "')}"` : 'empty'}; use a comma-separated subset of ${QUEUE_KINDS.join(', ')}`);
+  return [...new Set(kinds)] as QueueKind[];
+}
 
 
 /** Errors that are the user's to fix: one clear line, exit code 2 (TemporalUnavailableError: 1). */
@@ -56,6 +69,10 @@ const KNOWN_ERRORS = [
   PolicyNotFoundError,
   UsageError,
   ReportUsageError,
+  PayloadKeyError,
+  PayloadIntegrityError,
+  CodecTokenError,
+  DeploymentConfigError,
 ];
 
 /** Runs a command body, turning known errors into one clear line (exit code 2; 1 for anything else). */
@@ -100,16 +117,17 @@ const program = new Command('mare')
 
 program
   .command('dev')
-  .description('start a local stack: Temporal dev server (SQLite in .mare/), PostgreSQL (DATABASE_URL or embedded), one worker; Ctrl-C stops it all')
+  .description('start a local stack: Temporal dev server (SQLite in .mare/), PostgreSQL (DATABASE_URL or embedded), a codec server for the Web UI, one worker, payloads encrypted; Ctrl-C stops it all')
   .option('--port <port>', 'Temporal gRPC port', positiveInt, 7233)
   .option('--ui-port <port>', 'Temporal Web UI port', positiveInt, 8233)
+  .option('--codec-port <port>', 'port of the codec server the Web UI decrypts payloads with', positiveInt, DEFAULT_CODEC_PORT)
   .action(
-    action(async (opts: { port: number; uiPort: number }) => {
+    action(async (opts: { port: number; uiPort: number; codecPort: number }) => {
       const logger = createLogger('mare-dev', { pretty: process.env.MARE_LOG_PRETTY ? process.env.MARE_LOG_PRETTY !== '0' : process.stdout.isTTY });
-      const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort });
+      const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort, codecPort: opts.codecPort });
       describeStack(stack).forEach((l) => print(l));
       if (stack.model.offline) print(OFFLINE_NOTICE);
-      print('Worker running on task queue mare-tasks. Press Ctrl-C to stop.');
+      print('Workers running on task queues mare-tasks, mare-models and mare-tools. Press Ctrl-C to stop.');
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
@@ -122,14 +140,19 @@ program
 
 program
   .command('worker')
-  .description('run a worker on task queue mare-tasks: migrates DATABASE_URL (required), connects to Temporal from TEMPORAL_ADDRESS/TEMPORAL_NAMESPACE (TLS and API-key variables too), stops on SIGINT/SIGTERM after a grace time')
+  .description(
+    'run workers on the task queues mare-tasks (workflows, bookkeeping), mare-models (model calls) and mare-tools (tool calls), or a subset: ' +
+      'migrates DATABASE_URL (required), connects to Temporal from TEMPORAL_ADDRESS/TEMPORAL_NAMESPACE (TLS and API-key variables too), stops on SIGINT/SIGTERM after a grace time',
+  )
   .option('--identity <name>', 'worker identity shown in the Web UI')
+  .option('--queues <kinds>', `comma-separated queue kinds to serve: ${QUEUE_KINDS.join(', ')} (MARE_WORKER_QUEUES)`, process.env.MARE_WORKER_QUEUES ?? QUEUE_KINDS.join(','))
   .action(
-    action(async (opts: { identity?: string }) => {
+    action(async (opts: { identity?: string; queues: string }) => {
+      const queues = parseQueues(opts.queues);
       // The tools configuration's secret patterns are redacted from the worker's log lines too.
       const toolsConfig = loadToolsConfig();
       const redactor = createRedactor(toolsConfig.secrets);
-      await runWorkerFromEnv(createLogger('mare-worker', { redactor }), { ...opts, toolsConfig, redactor });
+      await runWorkerFromEnv(createLogger('mare-worker', { redactor }), { ...(opts.identity ? { identity: opts.identity } : {}), queues, toolsConfig, redactor });
     }),
   );
 
@@ -150,6 +173,33 @@ program
         const { added, existing } = await registerSearchAttributes(connection, namespace);
         if (opts.json) return print(JSON.stringify({ namespace, added, existing }));
         print(`namespace ${namespace}: ${added.length ? `registered ${added.join(', ')}` : 'nothing to register'}${existing.length ? `; already there: ${existing.join(', ')}` : ''}`);
+      } finally {
+        await connection.close();
+      }
+    }),
+  );
+
+program
+  .command('deployment')
+  .description('worker versioning: make a build the current version of its deployment (new tasks start on it; open tasks stay on theirs)')
+  .command('set-current')
+  .description('make MARE_DEPLOYMENT_NAME/MARE_BUILD_ID (or the options) the current version; waits up to 30 s for its workers to poll')
+  .option('--deployment-name <name>', 'deployment name (MARE_DEPLOYMENT_NAME)', process.env.MARE_DEPLOYMENT_NAME)
+  .option('--build-id <id>', 'build id (MARE_BUILD_ID)', process.env.MARE_BUILD_ID)
+  .action(
+    action(async (opts: { deploymentName?: string; buildId?: string }) => {
+      const version = deploymentFromEnv({ MARE_DEPLOYMENT_NAME: opts.deploymentName, MARE_BUILD_ID: opts.buildId });
+      if (!version) throw new UsageError('name the version: --deployment-name and --build-id (or MARE_DEPLOYMENT_NAME and MARE_BUILD_ID)');
+      const { connectionOptions, namespace = 'default' } = loadClientConnectConfig();
+      let connection: Connection;
+      try {
+        connection = await Connection.connect(connectionOptions);
+      } catch (err) {
+        throw new TemporalUnavailableError(connectionOptions.address ?? 'localhost:7233', err);
+      }
+      try {
+        await setCurrentVersion(connection, namespace, version);
+        print(`${version.deploymentName}.${version.buildId} is the current version of deployment ${version.deploymentName} (namespace ${namespace})`);
       } finally {
         await connection.close();
       }
@@ -262,9 +312,10 @@ program
   .option('--keep', 'keep the stack running after the demo, to browse the run in the Web UI; Ctrl-C stops it')
   .option('--port <port>', 'Temporal gRPC port', positiveInt, 7233)
   .option('--ui-port <port>', 'Temporal Web UI port', positiveInt, 8233)
+  .option('--codec-port <port>', 'port of the codec server the Web UI decrypts payloads with', positiveInt, DEFAULT_CODEC_PORT)
   .action(
-    action(async (opts: { keep?: boolean; port: number; uiPort: number }) => {
-      const completed = await runDemo({ print, keep: opts.keep ?? false, port: opts.port, uiPort: opts.uiPort });
+    action(async (opts: { keep?: boolean; port: number; uiPort: number; codecPort: number }) => {
+      const completed = await runDemo({ print, keep: opts.keep ?? false, port: opts.port, uiPort: opts.uiPort, codecPort: opts.codecPort });
       if (!completed) process.exitCode = 1;
     }),
   );
@@ -285,6 +336,25 @@ program
       } finally {
         await client.close();
       }
+    }),
+  );
+
+program
+  .command('codec-server')
+  .description(
+    "serve Temporal's remote codec (POST /encode, /decode) for the Web UI and the CLI with MARE's payload keys (MARE_PAYLOAD_KEYS or MARE_PAYLOAD_KEY_FILE); " +
+      'every call needs the token MARE_CODEC_TOKEN, as a bearer token or as the path prefix /token/<token>; stops on SIGINT/SIGTERM',
+  )
+  .option('--bind <host:port>', 'address to listen on (MARE_CODEC_BIND)', process.env.MARE_CODEC_BIND ?? `127.0.0.1:${DEFAULT_CODEC_PORT}`)
+  .option('--cors-origin <origins>', 'comma-separated browser origins allowed to call, i.e. the Web UI (MARE_CODEC_CORS_ORIGIN)', process.env.MARE_CODEC_CORS_ORIGIN ?? '')
+  .action(
+    action(async (opts: { bind: string; corsOrigin: string }) => {
+      const { host, port } = parseBind(opts.bind, '--bind');
+      const keyring = payloadKeyringFromEnv({ dataDir: dataDir() });
+      if (!keyring) throw new PayloadKeyError('no payload key: set MARE_PAYLOAD_KEYS ("id:base64key,…") or MARE_PAYLOAD_KEY_FILE (or run `mare dev` once, which generates one)');
+      const { token } = codecTokenFromEnv({ dataDir: dataDir() });
+      const corsOrigins = opts.corsOrigin.split(',').map((o) => o.trim()).filter(Boolean);
+      await serveCodec({ keyring, token, corsOrigins, logger: createLogger('mare-codec'), host, port, print });
     }),
   );
 

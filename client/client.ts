@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Client, Connection, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { z } from 'zod';
 import {
@@ -17,6 +18,9 @@ import {
 } from '../schemas';
 import { approvalsQuery, decideApprovalUpdate, progressQuery, subtaskProgressQuery } from '../workflows/definitions';
 import type { orchestrateTask } from '../workflows';
+import { mareDataConverter, payloadKeyringFromEnv } from '../workers/payloadCodec';
+import { tracingFromEnv } from '../workers/tracing';
+import { dataDir } from '../scripts/stack/datadir';
 
 /** What `submitTask` accepts: a TaskRequest whose taskId (the idempotency key) is optional. */
 export const SubmitTaskInput = TaskRequest.extend({ taskId: TaskId.optional() });
@@ -86,19 +90,34 @@ export interface TaskSummary {
   startTime: Date;
 }
 
+/** The data converter of a client process: MARE's, encrypting with the environment's payload keys if there are any. */
+export function dataConverterFromEnv(): DataConverter {
+  return mareDataConverter(payloadKeyringFromEnv({ dataDir: dataDir() }));
+}
+
 /** The typed MARE client: submit, inspect, watch, cancel and list tasks. */
 export class MareClient {
   constructor(
     readonly client: Client,
     readonly taskQueue = TASK_QUEUE,
+    /** Runs after the connection closed (flushes the client's trace spans). */
+    private readonly afterClose?: () => Promise<void>,
   ) {}
 
-  /** Connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key). */
+  /**
+   * Connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS, API key); payloads
+   * are encrypted and decrypted with the payload keys of the environment (MARE_PAYLOAD_KEYS, …), if
+   * any, and calls are traced when the OpenTelemetry variables say so (OTEL_EXPORTER_OTLP_ENDPOINT, …).
+   */
   static async connect(): Promise<MareClient> {
     const { connectionOptions, namespace } = loadClientConnectConfig();
+    const dataConverter = dataConverterFromEnv();
+    // OpenTelemetry (workers/tracing.ts): the client's spans start the traces the workers continue.
+    const tracing = tracingFromEnv(process.env, { serviceName: 'mare-client' });
     try {
       const connection = await Connection.connect(connectionOptions);
-      return new MareClient(new Client({ connection, namespace }));
+      const client = new Client({ connection, namespace, dataConverter, ...(tracing ? { interceptors: tracing.clientInterceptors } : {}) });
+      return new MareClient(client, TASK_QUEUE, tracing ? () => tracing.shutdown() : undefined);
     } catch (err) {
       throw new TemporalUnavailableError(connectionOptions.address ?? 'localhost:7233', err);
     }
@@ -107,6 +126,7 @@ export class MareClient {
   /** Closes the underlying connection. */
   async close(): Promise<void> {
     await this.client.connection.close();
+    await this.afterClose?.();
   }
 
   /**

@@ -15,18 +15,18 @@ export const DEMO_GOAL =
  * `npm start`: starts the local stack, runs the demo task with live progress, prints the result and
  * the Web UI link, then stops everything (unless `keep`). Returns true when the task COMPLETED.
  */
-export async function runDemo(opts: { print: (line?: string) => void; keep: boolean; port?: number; uiPort?: number }): Promise<boolean> {
+export async function runDemo(opts: { print: (line?: string) => void; keep: boolean; port?: number; uiPort?: number; codecPort?: number }): Promise<boolean> {
   const { print } = opts;
   // Worker logs would interleave with the demo's own output; warnings and errors still show.
   const logger = createLogger('mare-demo');
   if (!process.env.MARE_LOG_LEVEL) logger.level = 'warn';
   print('Starting the local stack (Temporal dev server, PostgreSQL, one worker)…');
-  const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort });
+  const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort, codecPort: opts.codecPort });
   try {
     describeStack(stack).forEach((l) => print(l));
     print();
     const connection = await Connection.connect({ address: stack.address });
-    const client = new MareClient(new Client({ connection, namespace: stack.namespace }), TASK_QUEUE);
+    const client = new MareClient(new Client({ connection, namespace: stack.namespace, dataConverter: stack.dataConverter }), TASK_QUEUE);
     const taskId = `demo-${new Date().toISOString().replace(/[:.]/g, '-')}`;
     const { workflowId } = await client.submitTask({ taskId, goal: DEMO_GOAL });
     print(`Task ${taskId}: ${DEMO_GOAL}`);

@@ -1,3 +1,4 @@
+import type { DataConverter } from '@temporalio/common';
 import { NativeConnection } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { Pool } from 'pg';
@@ -9,6 +10,9 @@ import { dataDir } from '../scripts/stack/datadir';
 import { redactUrl, resolveDatabase } from '../scripts/stack/postgres';
 import { resolveTemporalCli, startTemporalDevServer } from '../scripts/stack/temporal';
 import { createMareWorker, installRuntime, openWorkerServices, workspaceRootFromEnv } from '../workers/worker';
+import { mareDataConverter, payloadKeyringFromEnv } from '../workers/payloadCodec';
+import { codecTokenFromEnv, createCodecServer, DEFAULT_CODEC_PORT } from './codecServer';
+import { listen } from './httpKit';
 
 /** A running local stack: Temporal dev server, PostgreSQL, migrations applied, one worker. */
 export interface LocalStack {
@@ -20,6 +24,12 @@ export interface LocalStack {
   model: ModelClient;
   /** Where the role encryption keys come from. */
   roleKeys: string;
+  /** Where the payload encryption keys come from. */
+  payloadKeys: string;
+  /** The codec server the Web UI decodes payloads with (without its token). */
+  codecUrl: string;
+  /** The data converter clients of this stack use (payloads encrypted with the stack's keys). */
+  dataConverter: DataConverter;
   /** Stops the worker, then the servers this stack started. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -28,7 +38,7 @@ export interface LocalStack {
  * Starts everything `mare dev` and the demo need, printing as it goes. On any failure, whatever
  * was already started is stopped again.
  */
-export async function startLocalStack(opts: { logger: Logger; print: (line: string) => void; port?: number; uiPort?: number }): Promise<LocalStack> {
+export async function startLocalStack(opts: { logger: Logger; print: (line: string) => void; port?: number; uiPort?: number; codecPort?: number }): Promise<LocalStack> {
   const { logger, print } = opts;
   const stops: (() => Promise<void>)[] = [];
   const stopAll = async (): Promise<void> => {
@@ -42,9 +52,22 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
       generate: true,
       onGenerated: (file) => print(`roles: no encryption key configured; generated one into ${file} (set MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE in production)`),
     });
+    const payloadKeyring = payloadKeyringFromEnv({
+      dataDir: dataDir(),
+      generate: true,
+      onGenerated: (file) => print(`payloads: no encryption key configured; generated one into ${file} (set MARE_PAYLOAD_KEYS or MARE_PAYLOAD_KEY_FILE in production)`),
+    })!;
+    const dataConverter = mareDataConverter(payloadKeyring);
     installRuntime(logger);
     const cli = await resolveTemporalCli((m) => print(`temporal: ${m}`));
-    const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort: opts.uiPort, log: (m) => logger.debug(m) });
+    // The codec server first: the dev server's Web UI is started pointed at it.
+    const uiPort = opts.uiPort ?? (opts.port ?? 7233) + 1000;
+    const { token } = codecTokenFromEnv({ dataDir: dataDir(), generate: true });
+    const codec = createCodecServer({ keyring: payloadKeyring, token, corsOrigins: [`http://localhost:${uiPort}`, `http://127.0.0.1:${uiPort}`], logger: logger.child({ component: 'codec-server' }) });
+    const { port: codecPort } = await listen(codec, opts.codecPort ?? DEFAULT_CODEC_PORT, '127.0.0.1');
+    stops.push(() => new Promise<void>((resolve) => codec.close(() => resolve())));
+    const codecUrl = `http://127.0.0.1:${codecPort}`;
+    const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort, uiCodecEndpoint: `${codecUrl}/token/${token}`, log: (m) => logger.debug(m) });
     stops.push(() => temporal.stop());
     const db = await resolveDatabase((m) => print(`postgres: ${m}`));
     stops.push(() => db.stop());
@@ -59,6 +82,7 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
     const worker = await createMareWorker({
       connection,
       namespace: temporal.namespace,
+      payloadKeyring,
       deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger, tools: services.tools, policies: services.policies, redactor: services.redactor },
     });
     const running = worker.run();
@@ -78,6 +102,9 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
       embeddedDatabase: db.embedded,
       model,
       roleKeys: keyring.origin,
+      payloadKeys: payloadKeyring.origin,
+      codecUrl,
+      dataConverter,
       stop: stopAll,
     };
   } catch (err) {
@@ -93,6 +120,8 @@ export function describeStack(stack: LocalStack): string[] {
     `Temporal UI:    ${stack.uiUrl}`,
     `Database:       ${redactUrl(stack.databaseUrl)}${stack.embeddedDatabase ? ' (embedded, data in .mare/postgres)' : ' (DATABASE_URL)'}`,
     `Role keys:      ${stack.roleKeys}`,
+    `Payloads:       encrypted (AES-256-GCM), keys from ${stack.payloadKeys}`,
+    `Codec server:   ${stack.codecUrl} (the Web UI decodes through it; token in MARE_CODEC_TOKEN or .mare/codec-token)`,
     `Model:          ${stack.model.name}${stack.model.offline ? ' (offline scripted model)' : ''}`,
   ];
 }

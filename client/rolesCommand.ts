@@ -21,6 +21,7 @@ import {
 } from '../activities/roles';
 import { migrate } from '../db/migrate';
 import { UsageError, type Action, type Print } from './commandKit';
+import { dataConverterFromEnv } from './client';
 import { dataDir } from '../scripts/stack/datadir';
 import { supervisorWorkflowId } from '../schemas/constants';
 import { reinstateRoleSignal } from '../workflows/definitions';
@@ -269,7 +270,7 @@ async function tellSupervisor(name: string, who: { actor: string; reason?: strin
     const { connectionOptions, namespace } = loadClientConnectConfig();
     const connection = await Connection.connect({ ...connectionOptions, connectTimeout: '3s' });
     try {
-      await new Client({ connection, namespace }).workflow.getHandle(workflowId).signal(reinstateRoleSignal, { by: who.actor, reason: who.reason ?? '' });
+      await new Client({ connection, namespace, dataConverter: dataConverterFromEnv() }).workflow.getHandle(workflowId).signal(reinstateRoleSignal, { by: who.actor, reason: who.reason ?? '' });
       process.stderr.write(`told the role's supervisor (${workflowId})\n`);
     } finally {
       await connection.close();

@@ -1,7 +1,15 @@
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 
-/** The one task queue the orchestration workflows and their activities run on. */
+/** The task queue of the workflows and their bookkeeping (the one queue of runs started before the split). */
 export const TASK_QUEUE = 'mare-tasks';
+
+/**
+ * Task queues by kind of work: workflows and bookkeeping, model calls (plan, act, verify), tool calls
+ * and their undo steps. A worker process serves any subset (`mare worker --queues models,tools`).
+ */
+export const TASK_QUEUES = { orchestration: TASK_QUEUE, models: 'mare-models', tools: 'mare-tools' } as const;
+export type QueueKind = keyof typeof TASK_QUEUES;
+export const QUEUE_KINDS = Object.keys(TASK_QUEUES) as QueueKind[];
 
 /** Verification attempts per subtask: the first run, then one retry with the verifier's feedback. */
 export const MAX_VERIFY_ATTEMPTS = 2;

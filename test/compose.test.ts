@@ -106,13 +106,13 @@ afterAll(() => {
   if (workDir) rmSync(workDir, { recursive: true, force: true });
 });
 
-const MARE_SERVICES = ['setup', 'worker', 'codec-server', 'api'];
+const MARE_SERVICES = ['setup', 'worker', 'deployment', 'codec-server', 'api'];
 
 test('docker-compose.yml loads: schema, interpolation and consistency checks pass', async () => {
   const project = await load();
   expect(project.name).toBe('mare');
   expect(Object.keys(project.services).sort()).toEqual(
-    ['codec-server', 'postgresql', 'setup', 'temporal', 'temporal-namespace', 'temporal-schema', 'temporal-ui', 'worker'].sort(),
+    ['codec-server', 'deployment', 'postgresql', 'setup', 'temporal', 'temporal-namespace', 'temporal-schema', 'temporal-ui', 'worker'].sort(),
   );
   // The HTTP API is behind a profile, so it does not need MARE_API_KEY unless asked for.
   const withApi = await load(['api']);
@@ -191,6 +191,8 @@ test('every MARE service runs the image built from the repository Dockerfile, wi
   expect(images.size).toBe(1);
   expect(services.setup!.command).toEqual(['setup']);
   expect(services.worker!.command).toEqual(['worker']);
+  expect(services.deployment!.command).toEqual(['deployment', 'set-current']);
+  expect(services.deployment!.environment).toMatchObject({ MARE_DEPLOYMENT_NAME: 'mare', MARE_BUILD_ID: 'dev' });
   expect(services['codec-server']!.command).toEqual(['codec-server']);
   expect(services.api!.command).toEqual(['api', '--host', '0.0.0.0', '--port', '3000']);
 

@@ -1,10 +1,10 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bundleWorkflowCode } from '@temporalio/worker';
 import { Client } from 'pg';
 import { dataDir } from '../scripts/stack/datadir';
 import { startEmbeddedPostgres } from '../scripts/stack/postgres';
 import { resolveTemporalCli } from '../scripts/stack/temporal';
+import { bundleMareWorkflows } from '../workers/worker';
 import { BUNDLE_PATH, LOCAL_POSTGRES_URL } from './paths';
 
 const say = (msg: string): void => void process.stderr.write(`[mare test] ${msg}\n`);
@@ -27,7 +27,7 @@ export default async function globalSetup(): Promise<void> {
       process.env.DATABASE_URL = pg.url;
     }
   }
-  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), logger: quietLogger });
+  const code = await bundleMareWorkflows(quietLogger);
   mkdirSync(path.dirname(BUNDLE_PATH), { recursive: true });
   writeFileSync(BUNDLE_PATH, code);
 }

@@ -2,8 +2,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Client } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { DefaultLogger, Runtime, type Worker, type WorkerOptions } from '@temporalio/worker';
+import { DefaultLogger, Runtime, type WorkerOptions } from '@temporalio/worker';
 import type { temporal } from '@temporalio/proto';
 import { Pool } from 'pg';
 import pino, { type Logger } from 'pino';
@@ -19,7 +21,9 @@ import { migrate } from '../db/migrate';
 import { createScratchDatabase } from '../db/scratch';
 import { SEARCH_ATTRIBUTES, TASK_QUEUE } from '../schemas';
 import { resolveTemporalCli } from '../scripts/stack/temporal';
-import { createMareWorker } from '../workers/worker';
+import { createMareWorker, type MareWorker } from '../workers/worker';
+import { mareDataConverter } from '../workers/payloadCodec';
+import type { Keyring } from '../activities/keyring';
 import { BUNDLE_PATH, LOCAL_POSTGRES_URL } from './paths';
 
 /** The PostgreSQL server tests create their databases on (globalSetup sets DATABASE_URL). */
@@ -46,18 +50,26 @@ export interface TestStack {
    * Starts an in-process worker whose offline model follows `script` (with MCP tools from
    * `toolsConfig`, if given); stops it, and its MCP connections, after `fn`.
    */
-  withWorker<T>(script: ScriptInput, fn: (worker: Worker) => Promise<T>, opts?: { toolsConfig?: unknown; logger?: Logger; interceptors?: WorkerOptions['interceptors'] }): Promise<T>;
+  withWorker<T>(script: ScriptInput, fn: (worker: MareWorker) => Promise<T>, opts?: { toolsConfig?: unknown; logger?: Logger; interceptors?: WorkerOptions['interceptors'] }): Promise<T>;
   /** Writes a model script to a file and returns its path. */
   writeScript(script: ScriptInput): string;
   teardown(): Promise<void>;
 }
 
-/** Starts the real Temporal dev server (the resolved CLI binary) and creates a migrated database. */
-export async function createTestStack(): Promise<TestStack> {
+/**
+ * Starts the real Temporal dev server (the resolved CLI binary) and creates a migrated database.
+ * `dbFilename` keeps the server's state in that SQLite file; `payloadKeyring` encrypts payloads
+ * (the stack's client and workers use it).
+ */
+export async function createTestStack(opts: { dbFilename?: string; payloadKeyring?: Keyring } = {}): Promise<TestStack> {
   quietRuntime();
   const cli = await resolveTemporalCli();
   const env = await TestWorkflowEnvironment.createLocal({
-    server: { executable: { type: 'existing-path', path: cli }, searchAttributes: Object.values(SEARCH_ATTRIBUTES) },
+    server: {
+      executable: { type: 'existing-path', path: cli },
+      searchAttributes: Object.values(SEARCH_ATTRIBUTES),
+      ...(opts.dbFilename ? { dbFilename: opts.dbFilename } : {}),
+    },
   });
   const { pool, databaseUrl, roles, policies, keyring, drop } = await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'mare-test-'));
@@ -74,7 +86,10 @@ export async function createTestStack(): Promise<TestStack> {
 
   return {
     env,
-    client: new MareClient(env.client, TASK_QUEUE),
+    client: new MareClient(
+      opts.payloadKeyring ? new Client({ connection: env.connection, dataConverter: mareDataConverter(opts.payloadKeyring) }) : env.client,
+      TASK_QUEUE,
+    ),
     pool,
     databaseUrl,
     roles,
@@ -84,18 +99,19 @@ export async function createTestStack(): Promise<TestStack> {
     workspaceRoot,
     dir,
     writeScript,
-    async withWorker(script, fn, opts = {}) {
+    async withWorker(script, fn, workerOpts = {}) {
       const model = createModelClient({ provider: 'scripted', modelId: writeScript(script) });
-      const toolsConfig = ToolsConfig.parse(opts.toolsConfig ?? {});
+      const toolsConfig = ToolsConfig.parse(workerOpts.toolsConfig ?? {});
       const tools = new ToolCatalog(toolsConfig);
       const redactor = createRedactor(toolsConfig.secrets);
       try {
         const worker = await createMareWorker({
           connection: env.nativeConnection,
           workflowBundle: bundle,
-          deps: { pool, model, roles, policies, tools, redactor, workspaceRoot, logger: opts.logger ?? logger },
+          deps: { pool, model, roles, policies, tools, redactor, workspaceRoot, logger: workerOpts.logger ?? logger },
           shutdownGraceTime: '1 second',
-          ...(opts.interceptors ? { interceptors: opts.interceptors } : {}),
+          ...(opts.payloadKeyring ? { payloadKeyring: opts.payloadKeyring } : {}),
+          ...(workerOpts.interceptors ? { interceptors: workerOpts.interceptors } : {}),
         });
         return await worker.runUntil(fn(worker));
       } finally {
@@ -229,4 +245,17 @@ export async function recordHistory(stack: TestStack, file: string, workflowId: 
   const cli = await resolveTemporalCli();
   const json = execFileSync(cli, ['workflow', 'show', '--address', stack.env.address, '--workflow-id', workflowId, '--output', 'json'], { encoding: 'utf8' });
   writeFileSync(path.join(__dirname, 'histories', file), json);
+}
+
+/**
+ * A history failure's message: MARE's failure converter moves it into the encoded attributes
+ * (workers/failureConverter.ts), so read it from there (payloads of these tests are not encrypted).
+ */
+export function failureMessage(failure: temporal.api.failure.v1.IFailure | null | undefined): string {
+  if (!failure) return '';
+  if (failure.encodedAttributes) {
+    const attrs = defaultPayloadConverter.fromPayload<{ message?: string }>(failure.encodedAttributes);
+    if (typeof attrs?.message === 'string') return attrs.message;
+  }
+  return failure.message ?? '';
 }

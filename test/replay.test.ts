@@ -5,6 +5,7 @@ import { DeterminismViolationError } from '@temporalio/workflow';
 import { Worker } from '@temporalio/worker';
 import { quietRuntime } from './helpers';
 import { BUNDLE_PATH } from './paths';
+import { DISABLED_TRACING_SINKS } from '../workers/tracing';
 
 beforeAll(quietRuntime);
 
@@ -13,14 +14,20 @@ beforeAll(quietRuntime);
 // `bookkeeping-as-local-activities` patch), the v2 ones from code before MCP tools, policies and
 // approvals (the `tools-policies-approvals` patch), the v3 ones from code before verification gates
 // and reliability records (the `verification-gates` patch), the v4 ones from code before the Web UI
-// readability change (the `web-ui-readability` patch): they must keep replaying for runs started back then.
+// readability change (the `web-ui-readability` patch), the v5 ones from code before model and tool
+// calls got their own task queues (the `task-queues-by-kind` patch): they must keep replaying for
+// runs started back then.
 const load = (file: string): unknown => JSON.parse(readFileSync(path.join(__dirname, 'histories', file), 'utf8'));
 const workflowBundle = (): { code: string } => ({ code: readFileSync(BUNDLE_PATH, 'utf8') });
+// The bundle carries the OpenTelemetry workflow interceptors; without tracing their spans go nowhere.
+const sinks = DISABLED_TRACING_SINKS;
 
 test.each([
   ['orchestrateTask.happy.json', 'mare-task-happy'],
   ['executeSubtask.draft.json', 'mare-task-happy--draft'],
   ['superviseRole.retiree.json', 'mare-role-supervisor-retiree'],
+  ['orchestrateTask.happy.v5-web-ui.json', 'mare-task-happy'],
+  ['executeSubtask.draft.v5-web-ui.json', 'mare-task-happy--draft'],
   ['orchestrateTask.happy.v4-gates.json', 'mare-task-happy'],
   ['executeSubtask.draft.v4-gates.json', 'mare-task-happy--draft'],
   ['orchestrateTask.happy.v3-tools-policies.json', 'mare-task-happy'],
@@ -30,7 +37,7 @@ test.each([
   ['orchestrateTask.happy.v1-remote-bookkeeping.json', 'mare-task-happy'],
   ['executeSubtask.draft.v1-remote-bookkeeping.json', 'mare-task-happy--draft'],
 ])('the recorded history %s replays against today\'s workflow code', async (file, workflowId) => {
-  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle() }, load(file), workflowId)).resolves.toBeUndefined();
+  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle(), sinks }, load(file), workflowId)).resolves.toBeUndefined();
 });
 
 test('a history from code that scheduled different steps fails with DeterminismViolationError', async () => {
@@ -39,5 +46,5 @@ test('a history from code that scheduled different steps fails with DeterminismV
   const scheduled = history.events?.find((e) => e.activityTaskScheduledEventAttributes)?.activityTaskScheduledEventAttributes;
   expect(scheduled?.activityType?.name).toBe('recordTaskStarted');
   scheduled!.activityType!.name = 'recordTaskStartedV0';
-  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, 'mare-task-happy')).rejects.toThrow(DeterminismViolationError);
+  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle(), sinks }, history, 'mare-task-happy')).rejects.toThrow(DeterminismViolationError);
 });

@@ -1,14 +1,13 @@
 import http from 'node:http';
-import type { Worker } from '@temporalio/worker';
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
 
-/** Parses `host:port` (MARE_HEALTH_BIND); a clear error otherwise. */
-export function parseBind(bind: string): { host: string; port: number } {
+/** Parses `host:port` (MARE_HEALTH_BIND and the like); a clear error naming `name` otherwise. */
+export function parseBind(bind: string, name = 'MARE_HEALTH_BIND'): { host: string; port: number } {
   const sep = bind.lastIndexOf(':');
   const host = sep > 0 ? bind.slice(0, sep) : '';
   const port = Number(bind.slice(sep + 1));
-  if (!host || !Number.isInteger(port) || port < 0 || port > 65_535) throw new Error(`MARE_HEALTH_BIND="${bind}" must look like host:port, e.g. 0.0.0.0:8081`);
+  if (!host || !Number.isInteger(port) || port < 0 || port > 65_535) throw new Error(`${name}="${bind}" must look like host:port, e.g. 0.0.0.0:8081`);
   return { host, port };
 }
 
@@ -17,7 +16,7 @@ export function parseBind(bind: string): { host: string; port: number } {
  * requests (liveness); `/readyz` answers 200 only while the worker runs and PostgreSQL answers within
  * two seconds, else 503 with the reasons (readiness). Nothing else is served.
  */
-export async function startHealthServer(opts: { bind: string; worker: Worker; pool: Pool; logger?: Logger }): Promise<http.Server> {
+export async function startHealthServer(opts: { bind: string; worker: { getState(): string }; pool: Pool; logger?: Logger }): Promise<http.Server> {
   const { host, port } = parseBind(opts.bind);
   const server = http.createServer((req, res) => {
     const reply = (status: number, body: Record<string, unknown>): void => {
@@ -39,7 +38,7 @@ export async function startHealthServer(opts: { bind: string; worker: Worker; po
   return server;
 }
 
-async function readiness(worker: Worker, pool: Pool): Promise<string[]> {
+async function readiness(worker: { getState(): string }, pool: Pool): Promise<string[]> {
   const problems: string[] = [];
   const state = worker.getState();
   if (state !== 'RUNNING') problems.push(`worker is ${state}`);

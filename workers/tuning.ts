@@ -48,10 +48,23 @@ export class InvalidTuningError extends Error {
   override readonly name = 'InvalidTuningError';
 }
 
-/** Reads the tuning variables; unset ones fall back to DEFAULT_TUNING. */
-export function workerTuningFromEnv(env: NodeJS.ProcessEnv = process.env): WorkerTuning {
+/** A tuning variable for the worker of one queue kind: MARE_MAX_ACTIVITIES → MARE_MODELS_MAX_ACTIVITIES. */
+export function queueTuningVar(name: string, kind: string): string {
+  return name.replace(/^MARE_/, `MARE_${kind.toUpperCase()}_`);
+}
+
+/**
+ * Reads the tuning variables; unset ones fall back to DEFAULT_TUNING. With `kind`, a variable of
+ * that queue (e.g. MARE_MODELS_MAX_TASK_QUEUE_ACTIVITIES_PER_SECOND for the model provider's rate
+ * limit) overrides the general one for that queue's worker.
+ */
+export function workerTuningFromEnv(env: NodeJS.ProcessEnv = process.env, kind?: string): WorkerTuning {
   const raw: Record<string, number> = {};
-  for (const [field, name] of Object.entries(TUNING_ENV)) {
+  const names: Record<string, string> = {};
+  for (const [field, general] of Object.entries(TUNING_ENV)) {
+    const specific = kind ? queueTuningVar(general, kind) : undefined;
+    const name = specific && env[specific]?.trim() ? specific : general;
+    names[field] = name;
     const value = env[name]?.trim();
     if (!value) continue;
     const n = Number(value);
@@ -62,7 +75,7 @@ export function workerTuningFromEnv(env: NodeJS.ProcessEnv = process.env): Worke
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const field = String(issue?.path[0] ?? '') as keyof WorkerTuning;
-    throw new InvalidTuningError(`${TUNING_ENV[field] ?? field}: ${issue?.message ?? 'invalid'}`);
+    throw new InvalidTuningError(`${names[field] ?? field}: ${issue?.message ?? 'invalid'}`);
   }
   return { ...DEFAULT_TUNING, ...parsed.data };
 }

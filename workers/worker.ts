@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import type { WorkerDeploymentVersion } from '@temporalio/common';
 import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Logger } from 'pino';
@@ -13,45 +14,117 @@ import { createRedactor, type Redactor } from '../activities/secrets';
 import { loadToolsConfig, ToolCatalog } from '../activities/tools';
 import type { ToolsConfig } from '../schemas/toolConfig';
 import { migrate } from '../db/migrate';
-import { TASK_QUEUE } from '../schemas';
+import { QUEUE_KINDS, TASK_QUEUE, TASK_QUEUES, type QueueKind } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
 import { parseBind, startHealthServer } from './health';
 import { LogContextInterceptor } from './logContext';
 import { workerTuningFromEnv, type WorkerTuning } from './tuning';
+import { deploymentFromEnv, deploymentOptions } from './versioning';
+import { DISABLED_TRACING_SINKS, TRACING_WORKFLOW_INTERCEPTOR_MODULE, tracingFromEnv } from './tracing';
+import { FAILURE_CONVERTER_PATH, mareDataConverter, payloadKeyringFromEnv } from './payloadCodec';
+import type { Keyring } from '../activities/keyring';
 
 /** Knobs a deployment may set; everything else comes from the environment. */
 export interface MareWorkerOptions {
   connection: NativeConnection;
   namespace?: string;
+  /** The task queues to serve, by kind (default all: orchestration, models, tools). */
+  queues?: readonly QueueKind[];
+  /** Another name for the orchestration queue (tests and the bench run isolated queues). */
   taskQueue?: string;
   deps: ActivityDeps;
   /** A pre-built bundle (tests build one and share it); otherwise workflows are bundled from source. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   identity?: string;
   shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
-  /** Cache, slot and poller sizes (see workers/tuning.ts); unset fields keep the SDK's defaults. */
-  tuning?: WorkerTuning;
+  /** Cache, slot and poller sizes and rate limits (see workers/tuning.ts), for every queue or per queue kind. */
+  tuning?: WorkerTuning | ((kind: QueueKind) => WorkerTuning);
   /** SDK interceptors (tests use them to inject faults such as a lost activity completion). */
   interceptors?: WorkerOptions['interceptors'];
+  /** Payload encryption: the payload keyring (workers/payloadCodec.ts); none leaves payloads as JSON. */
+  payloadKeyring?: Keyring;
+  /** Sinks, e.g. the workflow span exporter of workers/tracing.ts; off, workflow spans are dropped quietly. */
+  sinks?: WorkerOptions['sinks'];
+  /** Worker versioning (workers/versioning.ts): this worker's deployment version; workflows default to pinned. */
+  deployment?: WorkerDeploymentVersion;
 }
 
-/** Creates a worker that runs MARE's workflows and activities on one task queue. */
-export async function createMareWorker(opts: MareWorkerOptions): Promise<Worker> {
-  return Worker.create({
-    connection: opts.connection,
-    namespace: opts.namespace ?? 'default',
-    taskQueue: opts.taskQueue ?? TASK_QUEUE,
-    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
-    activities: { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) },
-    ...(opts.identity ? { identity: opts.identity } : {}),
-    interceptors: {
-      ...opts.interceptors,
-      activity: [() => ({ inbound: new LogContextInterceptor() }), ...(opts.interceptors?.activity ?? [])],
-    },
-    ...opts.tuning,
-    // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
-    shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
-  });
+/**
+ * The SDK workers of one process, one per task queue it serves, run and stopped together: if one
+ * fails, the others are shut down too.
+ */
+export class MareWorker {
+  constructor(readonly workers: ReadonlyMap<QueueKind, Worker>) {}
+
+  /** Runs every worker until SIGINT/SIGTERM (or shutdown()) and their grace time. */
+  async run(): Promise<void> {
+    await Promise.all(
+      [...this.workers.values()].map((w) =>
+        w.run().catch((err: unknown) => {
+          this.shutdown();
+          throw err;
+        }),
+      ),
+    );
+  }
+
+  /** Runs the workers until `fnOrPromise` settles, then shuts them down; returns its value. */
+  async runUntil<T>(fnOrPromise: Promise<T> | (() => Promise<T>)): Promise<T> {
+    const workers = [...this.workers.values()];
+    const nest = (i: number): Promise<T> => {
+      const w = workers[i];
+      if (!w) return typeof fnOrPromise === 'function' ? fnOrPromise() : fnOrPromise;
+      return w.runUntil(() => nest(i + 1));
+    };
+    return nest(0);
+  }
+
+  shutdown(): void {
+    for (const w of this.workers.values()) if (w.getState() === 'RUNNING') w.shutdown();
+  }
+
+  /** RUNNING while every worker runs; otherwise the state of the first one that does not. */
+  getState(): ReturnType<Worker['getState']> {
+    return [...this.workers.values()].map((w) => w.getState()).find((state) => state !== 'RUNNING') ?? 'RUNNING';
+  }
+}
+
+/**
+ * Creates MARE's workers: on the orchestration queue the workflows and every activity (runs started
+ * before the queues were split schedule everything there), on the models and tools queues the
+ * activities only.
+ */
+export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWorker> {
+  const activities = { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) };
+  const workers = new Map<QueueKind, Worker>();
+  for (const kind of opts.queues ?? QUEUE_KINDS) {
+    const orchestration = kind === 'orchestration';
+    const tuning = typeof opts.tuning === 'function' ? opts.tuning(kind) : opts.tuning;
+    workers.set(
+      kind,
+      await Worker.create({
+        connection: opts.connection,
+        namespace: opts.namespace ?? 'default',
+        taskQueue: orchestration ? (opts.taskQueue ?? TASK_QUEUE) : TASK_QUEUES[kind],
+        ...(orchestration ? (opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }) : {}),
+        dataConverter: mareDataConverter(opts.payloadKeyring),
+        activities,
+        ...(opts.identity ? { identity: opts.identity } : {}),
+        interceptors: {
+          ...opts.interceptors,
+          activity: [() => ({ inbound: new LogContextInterceptor() }), ...(opts.interceptors?.activity ?? [])],
+          // Bundling at start needs the tracing module here; a prebuilt bundle already carries it.
+          ...(orchestration && !opts.workflowBundle ? { workflowModules: [TRACING_WORKFLOW_INTERCEPTOR_MODULE, ...(opts.interceptors?.workflowModules ?? [])] } : {}),
+        },
+        ...(orchestration ? { sinks: { ...DISABLED_TRACING_SINKS, ...opts.sinks } } : {}),
+        ...(opts.deployment ? { workerDeploymentOptions: deploymentOptions(opts.deployment) } : {}),
+        ...tuning,
+        // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
+        shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
+      }),
+    );
+  }
+  return new MareWorker(workers);
 }
 
 /** The services a worker's activities share besides the role service: tools, policies, redaction. */
@@ -80,9 +153,26 @@ export async function openWorkerServices(opts: { pool: Pool; logger?: Logger; to
   };
 }
 
+const WORKFLOWS_PATH = require.resolve('../workflows');
+
+/**
+ * Bundles MARE's workflow code with its failure converter and the OpenTelemetry workflow interceptors
+ * (a worker given a prebuilt bundle uses the bundle's, so every bundle carries both; tracing itself
+ * is switched on per worker by the environment).
+ */
+export async function bundleMareWorkflows(logger?: Parameters<typeof bundleWorkflowCode>[0]['logger']): Promise<string> {
+  const { code } = await bundleWorkflowCode({
+    workflowsPath: WORKFLOWS_PATH,
+    failureConverterPath: FAILURE_CONVERTER_PATH,
+    workflowInterceptorModules: [TRACING_WORKFLOW_INTERCEPTOR_MODULE],
+    ...(logger ? { logger } : {}),
+  });
+  return code;
+}
+
 /** Bundles MARE's workflows once into `file` (for MARE_WORKFLOW_BUNDLE); returns the absolute path. */
 export async function writeWorkflowBundle(file: string, logger?: Parameters<typeof bundleWorkflowCode>[0]['logger']): Promise<string> {
-  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), ...(logger ? { logger } : {}) });
+  const code = await bundleMareWorkflows(logger);
   const out = path.resolve(file);
   mkdirSync(path.dirname(out), { recursive: true });
   writeFileSync(out, code);
@@ -109,19 +199,28 @@ export function installRuntime(logger: Logger, metricsBind = process.env.MARE_ME
  * `mare worker`: connects with @temporalio/envconfig (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS and
  * API-key variables), migrates the database at DATABASE_URL, and runs until SIGINT/SIGTERM.
  * MARE_WORKFLOW_BUNDLE loads a prebuilt workflow bundle (`mare bundle`) instead of bundling at start;
- * the tuning variables of workers/tuning.ts size caches, slots and pollers. Role profiles are
- * decrypted with MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE (or the local stack's generated key file).
+ * the tuning variables of workers/tuning.ts size caches, slots and pollers (per queue with
+ * MARE_MODELS_… / MARE_TOOLS_… / MARE_ORCHESTRATION_…); MARE_DEPLOYMENT_NAME and MARE_BUILD_ID turn
+ * worker versioning on. Role profiles are decrypted with MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE (or the
+ * local stack's generated key file); payloads with MARE_PAYLOAD_KEYS, if set.
  */
-export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string; toolsConfig?: ToolsConfig; redactor?: Redactor } = {}): Promise<void> {
+export async function runWorkerFromEnv(
+  logger: Logger,
+  opts: { identity?: string; toolsConfig?: ToolsConfig; redactor?: Redactor; queues?: readonly QueueKind[] } = {},
+): Promise<void> {
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('DATABASE_URL is not set: the worker needs PostgreSQL (`mare dev` sets it for you)');
-  const tuning = workerTuningFromEnv();
+  const queues = opts.queues ?? QUEUE_KINDS;
+  const tuning = Object.fromEntries(queues.map((kind) => [kind, workerTuningFromEnv(process.env, kind)])) as Record<QueueKind, WorkerTuning>;
+  const deployment = deploymentFromEnv();
+  const tracing = tracingFromEnv();
   if (process.env.MARE_HEALTH_BIND) parseBind(process.env.MARE_HEALTH_BIND); // a bad value stops the worker before it connects
   const bundlePath = process.env.MARE_WORKFLOW_BUNDLE;
   if (bundlePath && !existsSync(bundlePath)) {
     throw new Error(`MARE_WORKFLOW_BUNDLE=${bundlePath} does not exist: write it with \`mare bundle ${bundlePath}\` (after every code change), or unset it`);
   }
   const keyring = keyringFromEnv({ dataDir: dataDir() });
+  const payloadKeyring = payloadKeyringFromEnv({ dataDir: dataDir() });
   const toolsConfig = opts.toolsConfig ?? loadToolsConfig();
   installRuntime(logger);
   // Idempotent and under an advisory lock, so several workers starting at once are fine.
@@ -139,12 +238,16 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
       namespace,
       ...(opts.identity ? { identity: opts.identity } : {}),
       ...(bundlePath ? { workflowBundle: { codePath: bundlePath } } : {}),
-      tuning,
+      queues,
+      tuning: (kind) => tuning[kind],
+      ...(deployment ? { deployment } : {}),
+      ...(payloadKeyring ? { payloadKeyring } : {}),
+      ...(tracing ? { interceptors: tracing.workerInterceptors, sinks: tracing.sinks } : {}),
       deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger, tools: services.tools, policies: services.policies, redactor: services.redactor },
     });
     const health = process.env.MARE_HEALTH_BIND ? await startHealthServer({ bind: process.env.MARE_HEALTH_BIND, worker, pool, logger }) : undefined;
     logger.info(
-      { taskQueue: TASK_QUEUE, mcpTools: services.tools.mcpToolNames(), roleKeys: keyring.origin, namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
+      { taskQueues: queues.map((kind) => (kind === 'orchestration' ? TASK_QUEUE : TASK_QUEUES[kind])), deployment: deployment ?? 'unversioned', mcpTools: services.tools.mcpToolNames(), roleKeys: keyring.origin, payloadEncryption: payloadKeyring?.origin ?? 'off (no payload key)', tracing: tracing?.config ?? 'off', namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
       'worker started',
     );
     try {
@@ -155,6 +258,8 @@ export async function runWorkerFromEnv(logger: Logger, opts: { identity?: string
     }
   } finally {
     await connection.close();
+    // After worker.run(): the last workflow spans are out of the sandbox by then.
+    await tracing?.shutdown();
     await services.close();
     await roles.close();
     await pool.end();

@@ -1,5 +1,6 @@
 import { ActivityCancellationType, patched, proxyActivities, proxyLocalActivities, type ActivityOptions, type RetryPolicy } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
+import { TASK_QUEUES } from '../schemas/constants';
 
 type Activities = ReturnType<typeof createActivities>;
 
@@ -34,20 +35,33 @@ const MODEL_OPTIONS: ActivityOptions = {
   heartbeatTimeout: '20 seconds',
   retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 6 },
 };
-export const models = proxyActivities<Activities>(MODEL_OPTIONS);
+
+/**
+ * The task queue of a kind of work. Runs started by this code send model calls and tool calls to
+ * their own queues, so each can be scaled and rate-limited apart; runs started before keep
+ * scheduling everything on the workflow's queue, as their histories recorded.
+ */
+export function queueOf(kind: 'models' | 'tools'): { taskQueue?: string } {
+  return patched('task-queues-by-kind') ? { taskQueue: TASK_QUEUES[kind] } : {};
+}
 
 /** Model calls (and the verifier) with a one-line summary the Web UI shows on the activity. */
-export function modelsWith(summary: string): typeof models {
-  return proxyActivities<Activities>({ ...MODEL_OPTIONS, summary });
+export function modelsWith(summary: string): ReturnType<typeof proxyActivities<Activities>> {
+  return proxyActivities<Activities>({ ...MODEL_OPTIONS, summary, ...queueOf('models') });
 }
 
 /** Tool calls: a cancelled call is waited for, so its undo never races the side effect. */
-export const tools = proxyActivities<Activities>({
+export const TOOL_OPTIONS: ActivityOptions = {
   startToCloseTimeout: '2 minutes',
   heartbeatTimeout: '20 seconds',
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: { initialInterval: '1 second', maximumInterval: '20 seconds', maximumAttempts: 5 },
-});
+};
+
+/** The built-in tools' activities, on the tools queue. */
+export function builtinTools(): ReturnType<typeof proxyActivities<Activities>> {
+  return proxyActivities<Activities>({ ...TOOL_OPTIONS, ...queueOf('tools') });
+}
 
 /** Undo steps: retried harder than anything else, since a failed undo needs a human. `summary`: what the Web UI shows. */
 export function compensations(summary: string): Pick<ReturnType<typeof proxyActivities<Activities>>, 'compensate'> {
@@ -55,5 +69,6 @@ export function compensations(summary: string): Pick<ReturnType<typeof proxyActi
     startToCloseTimeout: '1 minute',
     retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
     summary,
+    ...queueOf('tools'),
   });
 }

@@ -33,7 +33,7 @@ import type {
   UndoStep,
 } from '../schemas';
 import type { ToolCallContext } from '../schemas/tools';
-import { bookkeeping, modelsWith, tools } from './activityProfiles';
+import { bookkeeping, builtinTools, modelsWith, queueOf } from './activityProfiles';
 import { acquireSlotSignal, releaseSlotSignal, slotGrantedSignal, subtaskProgressQuery } from './definitions';
 import { ApprovalDesk } from './approvals';
 import { errorMessage } from './errors';
@@ -380,18 +380,18 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     const ctx = { taskId, subtaskId: subtask.id, callKey };
     switch (call.name) {
       case 'workspace.read': {
-        const out = await tools['workspace.read'](ctx, call.args);
+        const out = await builtinTools()['workspace.read'](ctx, call.args);
         return reply(out.content, !out.ok);
       }
       case 'workspace.list': {
-        const out = await tools['workspace.list'](ctx, call.args);
+        const out = await builtinTools()['workspace.list'](ctx, call.args);
         return reply(out.content, !out.ok);
       }
       case 'workspace.write': {
         // The undo is registered before the side effect, so a crash in between still rolls back.
         const undo: UndoStep = { tool: call.name, callKey, taskId, subtaskId: subtask.id, args: call.args };
         result.undo.push(undo);
-        const out = await tools['workspace.write'](ctx, call.args);
+        const out = await builtinTools()['workspace.write'](ctx, call.args);
         return reply(out.content, !out.ok);
       }
       default:
@@ -471,6 +471,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
         backoffCoefficient: info.retry.backoffCoefficient,
       },
       summary: `${info.name} for role ${role.name}`,
+      ...queueOf('tools'),
     });
     return acts[info.name]!;
   }

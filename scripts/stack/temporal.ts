@@ -252,6 +252,8 @@ export interface TemporalDevServerOptions {
   sqlitePragmas?: string[];
   /** How long to wait for the server to accept connections. Default 60s. */
   startTimeoutMs?: number;
+  /** Remote codec endpoint the Web UI decodes payloads with (MARE's codec server). Default none. */
+  uiCodecEndpoint?: string;
   /** Progress messages for a console. */
   log?: Log;
 }
@@ -386,12 +388,14 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   if (namespace !== 'default') args.push('--namespace', namespace);
   for (const [name, type] of Object.entries(searchAttributes)) args.push('--search-attribute', `${name}=${type}`);
   for (const pragma of opts.sqlitePragmas ?? []) args.push('--sqlite-pragma', pragma);
+  if (opts.uiCodecEndpoint) args.push('--ui-codec-endpoint', opts.uiCodecEndpoint);
   // Same as the SDK's test server: skip the startup call home to Temporal's version-check service.
   args.push('--dynamic-config-value', 'frontend.enableServerVersionCheck=false');
 
   const logOffset = fileSize(logFile);
   const fd = openSync(logFile, 'a');
-  writeSync(fd, `\n=== ${new Date().toISOString()} ${opts.cliPath} ${args.join(' ')}\n`);
+  // The codec endpoint carries the codec server's token: keep it out of the log.
+  writeSync(fd, `\n=== ${new Date().toISOString()} ${opts.cliPath} ${args.join(' ').replace(/\/token\/[^/\s]+/g, '/token/***')}\n`);
   const child = spawn(opts.cliPath, args, { stdio: ['ignore', fd, fd] });
   closeSync(fd);
 

@@ -2,15 +2,15 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
-import type { NativeConnection, Worker } from '@temporalio/worker';
+import type { NativeConnection } from '@temporalio/worker';
 import { temporal } from '@temporalio/proto';
 import pino from 'pino';
 import type { ModelClient } from '../../activities/model';
 import type { TaskResult } from '../../schemas';
 import { subtaskWorkflowId, taskWorkflowId } from '../../schemas';
 import type { WorkerTuning } from '../../workers/tuning';
-import { createMareWorker } from '../../workers/worker';
-import { builtinToolDeps, type TestStack } from '../helpers';
+import { createMareWorker, type MareWorker } from '../../workers/worker';
+import { builtinToolDeps, failureMessage, type TestStack } from '../helpers';
 import { BUNDLE_PATH } from '../paths';
 
 export type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
@@ -124,7 +124,7 @@ export async function killWorkerProcesses(): Promise<void> {
 export async function withModelWorker<T>(
   stack: TestStack,
   opts: { model: ModelClient; tuning?: WorkerTuning; connection?: NativeConnection; identity?: string },
-  fn: (worker: Worker) => Promise<T>,
+  fn: (worker: MareWorker) => Promise<T>,
 ): Promise<T> {
   const worker = await createMareWorker({
     connection: opts.connection ?? stack.env.nativeConnection,
@@ -205,7 +205,7 @@ export function workflowTaskFailures(events: HistoryEvent[]): { cause: string; m
     const a = e.workflowTaskFailedEventAttributes;
     if (!a) return [];
     const cause = temporal.api.enums.v1.WorkflowTaskFailedCause[a.cause ?? 0] ?? String(a.cause);
-    return [{ cause, message: a.failure?.message ?? '' }];
+    return [{ cause, message: failureMessage(a.failure) }];
   });
 }
 

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { createModelClient, modelConfigFromEnv } from '../../activities/model';
 import { subtaskWorkflowId, taskWorkflowId } from '../../schemas';
-import { createTestStack, historyOf, type TestStack } from '../helpers';
+import { createTestStack, failureMessage, historyOf, type TestStack } from '../helpers';
 import { activityRuns, withModelWorker } from './helpers';
 
 /**
@@ -104,7 +104,7 @@ test('the model endpoint answers 400 or 401 → exactly one attempt, a non-retry
     const calls = child.filter((r) => r.type === 'callModel');
     expect(calls.map((r) => `${r.attempt}:${r.outcome}`)).toEqual(['1:failed']);
     expect(calls[0]?.failure?.applicationFailureInfo).toMatchObject({ type: 'ModelRequestRejected', nonRetryable: true });
-    expect(calls[0]?.failure?.message).toContain(`HTTP ${status}`);
+    expect(failureMessage(calls[0]?.failure)).toContain(`HTTP ${status}`);
     const { rows } = await stack.pool.query(`SELECT status, error FROM subtasks WHERE task_id = $1`, [taskId]);
     expect(rows).toEqual([{ status: 'failed', error: expect.stringContaining(`model rejected the request (HTTP ${status})`) }]);
   }
