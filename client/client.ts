@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Client, Connection, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { Client, Connection, QueryNotRegisteredError, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import type { DataConverter } from '@temporalio/common';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { z } from 'zod';
@@ -246,7 +246,11 @@ export class MareClient {
         this.client.workflow
           .getHandle(s.workflowId)
           .query(approvalsQuery)
-          .catch(() => [] as ApprovalView[]), // runs from before approvals existed, or not started yet
+          .catch((err: unknown) => {
+            // Runs from before approvals existed, or not started yet; anything else (a timeout) is not "no approvals".
+            if (err instanceof QueryNotRegisteredError || err instanceof WorkflowNotFoundError) return [] as ApprovalView[];
+            throw err;
+          }),
       ),
     );
     return lists.flat();

@@ -62,6 +62,7 @@ describe('payload codec', () => {
     expect(payloadKeyringFromEnv({ env: { MARE_PAYLOAD_KEYS: both }, dataDir })?.activeKeyId).toBe(current.id);
     expect(payloadKeyringFromEnv({ env: { MARE_PAYLOAD_KEYS: both, MARE_PAYLOAD_ACTIVE_KEY: old.id }, dataDir })?.activeKeyId).toBe(old.id);
     expect(payloadKeyringFromEnv({ env: {}, dataDir })).toBeUndefined();
+    expect(payloadKeyringFromEnv({ env: { MARE_PAYLOAD_KEYS: 'none' }, dataDir, generate: true })).toBeUndefined();
     expect(() => payloadKeyringFromEnv({ env: { MARE_PAYLOAD_KEYS: 'k1:c2hvcnQ=' }, dataDir })).toThrow(PayloadKeyError);
     expect(() => payloadKeyringFromEnv({ env: { MARE_PAYLOAD_KEY_FILE: path.join(dataDir, 'missing.json') }, dataDir })).toThrow(PayloadKeyError);
     const generated = payloadKeyringFromEnv({ env: {}, dataDir, generate: true });

@@ -15,6 +15,9 @@ const say = (msg: string): void => void process.stderr.write(`[mare test] ${msg}
  * the workflows once for every test file.
  */
 export default async function globalSetup(): Promise<void> {
+  // Test workers run without payload encryption (test/codec.test.ts passes its keys explicitly): the
+  // `mare` processes tests start must not pick up the key `npm start` generated into .mare/.
+  process.env.MARE_PAYLOAD_KEYS = 'none';
   await resolveTemporalCli(say);
   if (!process.env.DATABASE_URL) {
     if (await reachable(LOCAL_POSTGRES_URL)) {

@@ -356,6 +356,8 @@ test("an approval's deadline applies the policy's default; a worker restart whil
   const result = await stack.withWorker(
     script,
     async () => {
+      // The restarted worker first replays the subtask to answer the query.
+      await waitFor('the held approval after the restart', async () => (await stack.client.approvals('restart-pending').catch(() => [])).find((a) => a.approvalId === 't-2'));
       await stack.client.decideApproval('restart-pending', { approvalId: 't-2', decision: 'approve', reason: 'fine', by: 'carol' });
       return stack.client.result('restart-pending');
     },

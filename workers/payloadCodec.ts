@@ -86,8 +86,12 @@ export class EncryptionCodec implements PayloadCodec {
   }
 }
 
-/** The payload keyring from the environment, or undefined when none is configured (encryption off). */
+/**
+ * The payload keyring from the environment, or undefined when none is configured (encryption off).
+ * `MARE_PAYLOAD_KEYS=none` switches encryption off even where the local stack's key file exists.
+ */
 export function payloadKeyringFromEnv(opts: { env?: NodeJS.ProcessEnv; dataDir: string; generate?: boolean; onGenerated?: (file: string) => void }): Keyring | undefined {
+  if ((opts.env ?? process.env).MARE_PAYLOAD_KEYS?.trim() === 'none') return undefined;
   return readKeyringFromEnv(PAYLOAD_KEYS, { ...opts, optional: true });
 }
 
