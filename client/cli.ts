@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
-import { ApprovalNotFoundError, ApprovalRejectedError, MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError } from './client';
+import { ApprovalNotFoundError, ApprovalRejectedError, MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError, withTemporalConnection } from './client';
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
 import { runDemo } from './demo';
@@ -26,8 +26,6 @@ import {
 } from '../activities/roles';
 import { createRedactor, SecretsConfigError } from '../activities/secrets';
 import { loadToolsConfig, ToolsConfigError } from '../activities/tools';
-import { Connection } from '@temporalio/client';
-import { loadClientConnectConfig } from '@temporalio/envconfig';
 import { registerSearchAttributes } from '../scripts/stack/temporal';
 import { createLogger } from '../workers/logger';
 import { parseBind } from '../workers/health';
@@ -162,20 +160,11 @@ program
   .option('--json', 'print what was added and what was already there as JSON')
   .action(
     action(async (opts: { json?: boolean }) => {
-      const { connectionOptions, namespace = 'default' } = loadClientConnectConfig();
-      let connection: Connection;
-      try {
-        connection = await Connection.connect(connectionOptions);
-      } catch (err) {
-        throw new TemporalUnavailableError(connectionOptions.address ?? 'localhost:7233', err);
-      }
-      try {
+      await withTemporalConnection(async (connection, namespace) => {
         const { added, existing } = await registerSearchAttributes(connection, namespace);
         if (opts.json) return print(JSON.stringify({ namespace, added, existing }));
         print(`namespace ${namespace}: ${added.length ? `registered ${added.join(', ')}` : 'nothing to register'}${existing.length ? `; already there: ${existing.join(', ')}` : ''}`);
-      } finally {
-        await connection.close();
-      }
+      });
     }),
   );
 
@@ -190,19 +179,10 @@ program
     action(async (opts: { deploymentName?: string; buildId?: string }) => {
       const version = deploymentFromEnv({ MARE_DEPLOYMENT_NAME: opts.deploymentName, MARE_BUILD_ID: opts.buildId });
       if (!version) throw new UsageError('name the version: --deployment-name and --build-id (or MARE_DEPLOYMENT_NAME and MARE_BUILD_ID)');
-      const { connectionOptions, namespace = 'default' } = loadClientConnectConfig();
-      let connection: Connection;
-      try {
-        connection = await Connection.connect(connectionOptions);
-      } catch (err) {
-        throw new TemporalUnavailableError(connectionOptions.address ?? 'localhost:7233', err);
-      }
-      try {
+      await withTemporalConnection(async (connection, namespace) => {
         await setCurrentVersion(connection, namespace, version);
         print(`${version.deploymentName}.${version.buildId} is the current version of deployment ${version.deploymentName} (namespace ${namespace})`);
-      } finally {
-        await connection.close();
-      }
+      });
     }),
   );
 

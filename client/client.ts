@@ -90,6 +90,25 @@ export interface TaskSummary {
   startTime: Date;
 }
 
+/**
+ * Runs `fn` with a plain connection from @temporalio/envconfig (for operator calls such as search
+ * attributes and worker deployments) and closes it after; an unreachable server is a TemporalUnavailableError.
+ */
+export async function withTemporalConnection<T>(fn: (connection: Connection, namespace: string) => Promise<T>): Promise<T> {
+  const { connectionOptions, namespace = 'default' } = loadClientConnectConfig();
+  let connection: Connection;
+  try {
+    connection = await Connection.connect(connectionOptions);
+  } catch (err) {
+    throw new TemporalUnavailableError(connectionOptions.address ?? 'localhost:7233', err);
+  }
+  try {
+    return await fn(connection, namespace);
+  } finally {
+    await connection.close();
+  }
+}
+
 /** The data converter of a client process: MARE's, encrypting with the environment's payload keys if there are any. */
 export function dataConverterFromEnv(): DataConverter {
   return mareDataConverter(payloadKeyringFromEnv({ dataDir: dataDir() }));

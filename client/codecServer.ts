@@ -68,7 +68,7 @@ export function createCodecServer(opts: CodecServerOptions): http.Server {
     if (!route) throw new HttpError(404, 'not found: the codec server answers POST /encode and POST /decode');
     if (req.method !== 'POST') throw new HttpError(405, `method ${req.method ?? ''} not allowed`, {}, { allow: 'POST, OPTIONS' });
     const pathToken = route[1];
-    if (pathToken !== undefined) authenticate(`Bearer ${decodeURIComponent(pathToken)}`, tokenDigest, 'codec token');
+    if (pathToken !== undefined) authenticate(`Bearer ${pathToken}`, tokenDigest, 'codec token');
     else authenticate(req.headers.authorization, tokenDigest, 'codec token');
     const parsed = CodecBody.safeParse(await readJson(req, maxBodyBytes));
     if (!parsed.success) throw new HttpError(400, `invalid request: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ')}`);

@@ -6,7 +6,7 @@ import { createModelClient, modelConfigFromEnv, type ModelClient } from '../acti
 import { keyringFromEnv, openRoleService, type RoleKeyring } from '../activities/roles';
 import { loadToolsConfig } from '../activities/tools';
 import { migrate } from '../db/migrate';
-import { dataDir } from '../scripts/stack/datadir';
+import { assertPortFree, dataDir } from '../scripts/stack/datadir';
 import { redactUrl, resolveDatabase } from '../scripts/stack/postgres';
 import { resolveTemporalCli, startTemporalDevServer } from '../scripts/stack/temporal';
 import { createMareWorker, installRuntime, openWorkerServices, workspaceRootFromEnv } from '../workers/worker';
@@ -64,7 +64,9 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
     const uiPort = opts.uiPort ?? (opts.port ?? 7233) + 1000;
     const { token } = codecTokenFromEnv({ dataDir: dataDir(), generate: true });
     const codec = createCodecServer({ keyring: payloadKeyring, token, corsOrigins: [`http://localhost:${uiPort}`, `http://127.0.0.1:${uiPort}`], logger: logger.child({ component: 'codec-server' }) });
-    const { port: codecPort } = await listen(codec, opts.codecPort ?? DEFAULT_CODEC_PORT, '127.0.0.1');
+    const requestedCodecPort = opts.codecPort ?? DEFAULT_CODEC_PORT;
+    if (requestedCodecPort !== 0) await assertPortFree(requestedCodecPort, 'Codec server', 'Stop it, or choose another port with --codec-port.');
+    const { port: codecPort } = await listen(codec, requestedCodecPort, '127.0.0.1');
     stops.push(() => new Promise<void>((resolve) => codec.close(() => resolve())));
     const codecUrl = `http://127.0.0.1:${codecPort}`;
     const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort, uiCodecEndpoint: `${codecUrl}/token/${token}`, log: (m) => logger.debug(m) });

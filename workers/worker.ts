@@ -14,7 +14,7 @@ import { createRedactor, type Redactor } from '../activities/secrets';
 import { loadToolsConfig, ToolCatalog } from '../activities/tools';
 import type { ToolsConfig } from '../schemas/toolConfig';
 import { migrate } from '../db/migrate';
-import { QUEUE_KINDS, TASK_QUEUE, TASK_QUEUES, type QueueKind } from '../schemas';
+import { QUEUE_KINDS, TASK_QUEUES, type QueueKind } from '../schemas';
 import { dataDir } from '../scripts/stack/datadir';
 import { parseBind, startHealthServer } from './health';
 import { LogContextInterceptor } from './logContext';
@@ -96,33 +96,37 @@ export class MareWorker {
  */
 export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWorker> {
   const activities = { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) };
-  const workers = new Map<QueueKind, Worker>();
-  for (const kind of opts.queues ?? QUEUE_KINDS) {
+  const dataConverter = mareDataConverter(opts.payloadKeyring);
+  const optionsFor = (kind: QueueKind): WorkerOptions => {
     const orchestration = kind === 'orchestration';
-    const tuning = typeof opts.tuning === 'function' ? opts.tuning(kind) : opts.tuning;
-    workers.set(
-      kind,
-      await Worker.create({
-        connection: opts.connection,
-        namespace: opts.namespace ?? 'default',
-        taskQueue: orchestration ? (opts.taskQueue ?? TASK_QUEUE) : TASK_QUEUES[kind],
-        ...(orchestration ? (opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }) : {}),
-        dataConverter: mareDataConverter(opts.payloadKeyring),
-        activities,
-        ...(opts.identity ? { identity: opts.identity } : {}),
-        interceptors: {
-          ...opts.interceptors,
-          activity: [() => ({ inbound: new LogContextInterceptor() }), ...(opts.interceptors?.activity ?? [])],
-          // Bundling at start needs the tracing module here; a prebuilt bundle already carries it.
-          ...(orchestration && !opts.workflowBundle ? { workflowModules: [TRACING_WORKFLOW_INTERCEPTOR_MODULE, ...(opts.interceptors?.workflowModules ?? [])] } : {}),
-        },
-        ...(orchestration ? { sinks: { ...DISABLED_TRACING_SINKS, ...opts.sinks } } : {}),
-        ...(opts.deployment ? { workerDeploymentOptions: deploymentOptions(opts.deployment) } : {}),
-        ...tuning,
-        // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
-        shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
-      }),
-    );
+    return {
+      connection: opts.connection,
+      namespace: opts.namespace ?? 'default',
+      taskQueue: orchestration && opts.taskQueue ? opts.taskQueue : TASK_QUEUES[kind],
+      ...(orchestration ? (opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }) : {}),
+      dataConverter,
+      activities,
+      ...(opts.identity ? { identity: opts.identity } : {}),
+      interceptors: {
+        ...opts.interceptors,
+        activity: [() => ({ inbound: new LogContextInterceptor() }), ...(opts.interceptors?.activity ?? [])],
+        // Bundling at start needs the tracing module here; a prebuilt bundle already carries it.
+        ...(orchestration && !opts.workflowBundle ? { workflowModules: [TRACING_WORKFLOW_INTERCEPTOR_MODULE, ...(opts.interceptors?.workflowModules ?? [])] } : {}),
+      },
+      ...(orchestration ? { sinks: { ...DISABLED_TRACING_SINKS, ...opts.sinks } } : {}),
+      ...(opts.deployment ? { workerDeploymentOptions: deploymentOptions(opts.deployment) } : {}),
+      ...(typeof opts.tuning === 'function' ? opts.tuning(kind) : opts.tuning),
+      // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
+      shutdownGraceTime: opts.shutdownGraceTime ?? '20 seconds',
+    };
+  };
+  const workers = new Map<QueueKind, Worker>();
+  try {
+    for (const kind of opts.queues ?? QUEUE_KINDS) workers.set(kind, await Worker.create(optionsFor(kind)));
+  } catch (err) {
+    // A worker created but never run still holds the connection: run it down before giving up.
+    await Promise.all([...workers.values()].map((w) => w.runUntil(Promise.resolve()).catch(() => undefined)));
+    throw err;
   }
   return new MareWorker(workers);
 }
@@ -247,7 +251,7 @@ export async function runWorkerFromEnv(
     });
     const health = process.env.MARE_HEALTH_BIND ? await startHealthServer({ bind: process.env.MARE_HEALTH_BIND, worker, pool, logger }) : undefined;
     logger.info(
-      { taskQueues: queues.map((kind) => (kind === 'orchestration' ? TASK_QUEUE : TASK_QUEUES[kind])), deployment: deployment ?? 'unversioned', mcpTools: services.tools.mcpToolNames(), roleKeys: keyring.origin, payloadEncryption: payloadKeyring?.origin ?? 'off (no payload key)', tracing: tracing?.config ?? 'off', namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
+      { taskQueues: queues.map((kind) => TASK_QUEUES[kind]), deployment: deployment ?? 'unversioned', mcpTools: services.tools.mcpToolNames(), roleKeys: keyring.origin, payloadEncryption: payloadKeyring?.origin ?? 'off (no payload key)', tracing: tracing?.config ?? 'off', namespace: namespace ?? 'default', model: model.name, offline: model.offline, tuning, workflowBundle: bundlePath ?? 'bundled at start' },
       'worker started',
     );
     try {

@@ -51,7 +51,7 @@ export function modelsWith(summary: string): ReturnType<typeof proxyActivities<A
 }
 
 /** Tool calls: a cancelled call is waited for, so its undo never races the side effect. */
-export const TOOL_OPTIONS: ActivityOptions = {
+const TOOL_OPTIONS: ActivityOptions = {
   startToCloseTimeout: '2 minutes',
   heartbeatTimeout: '20 seconds',
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,

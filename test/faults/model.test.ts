@@ -81,7 +81,7 @@ test('the model endpoint answers 503 twice, then recovers → decompose succeeds
   const decompose = activityRuns(taskWorkflowId('flaky'), await historyOf(stack, taskWorkflowId('flaky'))).filter((r) => r.type === 'decompose');
   expect(decompose.map((r) => `${r.attempt}:${r.outcome}`)).toEqual(['3:completed']);
   expect(decompose[0]?.lastFailure?.applicationFailureInfo?.type).toBe('ModelUnavailable');
-  expect(decompose[0]?.lastFailure?.message).toContain('model answered HTTP 503');
+  expect(failureMessage(decompose[0]?.lastFailure)).toContain('model answered HTTP 503');
   const { rows } = await stack.pool.query(`SELECT purpose, count(*)::int AS n FROM model_calls WHERE task_id = 'flaky' GROUP BY purpose ORDER BY purpose`);
   expect(rows).toEqual([{ purpose: 'act', n: 1 }, { purpose: 'plan', n: 1 }]);
 });
@@ -121,5 +121,5 @@ test('the model endpoint answers 429 with retry-after: 5 → the second attempt 
   const calls = activityRuns(subtaskWorkflowId('rate-limited', 'work'), await historyOf(stack, subtaskWorkflowId('rate-limited', 'work'))).filter((r) => r.type === 'callModel');
   expect(calls.map((r) => `${r.attempt}:${r.outcome}`)).toEqual(['2:completed']);
   expect(calls[0]?.lastFailure?.applicationFailureInfo?.type).toBe('ModelRateLimited');
-  expect(calls[0]?.lastFailure?.message).toContain('model answered HTTP 429');
+  expect(failureMessage(calls[0]?.lastFailure)).toContain('model answered HTTP 429');
 });
