@@ -5,7 +5,6 @@ import { DeterminismViolationError } from '@temporalio/workflow';
 import { Worker } from '@temporalio/worker';
 import { quietRuntime } from './helpers';
 import { BUNDLE_PATH } from './paths';
-import { DISABLED_TRACING_SINKS } from '../workers/tracing';
 
 beforeAll(quietRuntime);
 
@@ -19,8 +18,6 @@ beforeAll(quietRuntime);
 // runs started back then.
 const load = (file: string): unknown => JSON.parse(readFileSync(path.join(__dirname, 'histories', file), 'utf8'));
 const workflowBundle = (): { code: string } => ({ code: readFileSync(BUNDLE_PATH, 'utf8') });
-// The bundle carries the OpenTelemetry workflow interceptors; without tracing their spans go nowhere.
-const sinks = DISABLED_TRACING_SINKS;
 
 test.each([
   ['orchestrateTask.happy.json', 'mare-task-happy'],
@@ -37,7 +34,7 @@ test.each([
   ['orchestrateTask.happy.v1-remote-bookkeeping.json', 'mare-task-happy'],
   ['executeSubtask.draft.v1-remote-bookkeeping.json', 'mare-task-happy--draft'],
 ])('the recorded history %s replays against today\'s workflow code', async (file, workflowId) => {
-  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle(), sinks }, load(file), workflowId)).resolves.toBeUndefined();
+  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle() }, load(file), workflowId)).resolves.toBeUndefined();
 });
 
 test('a history from code that scheduled different steps fails with DeterminismViolationError', async () => {
@@ -46,5 +43,5 @@ test('a history from code that scheduled different steps fails with DeterminismV
   const scheduled = history.events?.find((e) => e.activityTaskScheduledEventAttributes)?.activityTaskScheduledEventAttributes;
   expect(scheduled?.activityType?.name).toBe('recordTaskStarted');
   scheduled!.activityType!.name = 'recordTaskStartedV0';
-  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle(), sinks }, history, 'mare-task-happy')).rejects.toThrow(DeterminismViolationError);
+  await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, 'mare-task-happy')).rejects.toThrow(DeterminismViolationError);
 });

@@ -5,22 +5,15 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { Resource } from '@opentelemetry/resources';
 import { BasicTracerProvider, BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { ClientInterceptors } from '@temporalio/client';
-import {
-  makeWorkflowExporter,
-  OpenTelemetryActivityInboundInterceptor,
-  OpenTelemetryActivityOutboundInterceptor,
-  OpenTelemetryWorkflowClientInterceptor,
-  type OpenTelemetrySinks,
-} from '@temporalio/interceptors-opentelemetry';
-import type { ActivityInterceptorsFactory, InjectedSinks } from '@temporalio/worker';
+import { OpenTelemetryActivityInboundInterceptor, OpenTelemetryActivityOutboundInterceptor, OpenTelemetryWorkflowClientInterceptor } from '@temporalio/interceptors-opentelemetry';
+import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 
 /**
- * The workflow interceptor module of @temporalio/interceptors-opentelemetry: give it to
- * `bundleWorkflowCode({ workflowInterceptorModules })` (a prebuilt bundle ignores the worker's
- * `interceptors.workflowModules`). A bundle with it and a worker without the `exporter` sink logs
- * one ERROR per exported workflow span: register `DISABLED_TRACING_SINKS` when tracing is off.
+ * MARE's workflow interceptor module (workflows/traceContext.ts): copies the client's trace context
+ * onto the activities and children a workflow starts, with no spans and no yield points inside the
+ * sandbox. Every bundle carries it (`bundleMareWorkflows`).
  */
-export const TRACING_WORKFLOW_INTERCEPTOR_MODULE = require.resolve('@temporalio/interceptors-opentelemetry/lib/workflow-interceptors');
+export const TRACING_WORKFLOW_INTERCEPTOR_MODULE = require.resolve('../workflows/traceContext');
 
 /** The service name spans carry when OTEL_SERVICE_NAME is unset. */
 export const DEFAULT_SERVICE_NAME = 'mare-worker';
@@ -121,17 +114,10 @@ export interface Tracing {
   /** The tracer MARE's own spans may use (the interceptors use it too). */
   readonly tracer: Tracer;
   /**
-   * For `bundleWorkflowCode({ workflowInterceptorModules })`, or the Worker's
-   * `interceptors.workflowModules` when it bundles at start (a prebuilt bundle ignores those, with a warning).
-   */
-  readonly workflowInterceptorModules: string[];
-  /**
    * For the Worker's `interceptors`: activity spans, and client spans for the calls activities make
    * through `Context.current().client` (the supervisor signals), so those join the task's trace.
    */
   readonly workerInterceptors: { activity: ActivityInterceptorsFactory[]; client: ClientInterceptors };
-  /** For the Worker's `sinks`: receives the spans the workflow interceptors make inside the sandbox. */
-  readonly sinks: InjectedSinks<OpenTelemetrySinks>;
   /** For `new Client({ interceptors })`: StartWorkflow, SignalWorkflow, QueryWorkflow… spans whose context reaches the workflow. */
   readonly clientInterceptors: ClientInterceptors;
   /** Sends the spans ended so far. */
@@ -171,19 +157,15 @@ export function createTracing(config: TracingConfig, opts: { spanProcessors?: Sp
     propagator: propagation.setGlobalPropagator(new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] })),
   };
   if (!registered.context) contextManager.disable();
-  // Workflow spans are made in the sandbox and cross to the worker through this sink.
-  const workflowSpans = makeWorkflowExporter(provider.getActiveSpanProcessor(), resource);
   let stopped: Promise<void> | undefined;
 
   return {
     config,
     tracer,
-    workflowInterceptorModules: [TRACING_WORKFLOW_INTERCEPTOR_MODULE],
     workerInterceptors: {
       activity: [(ctx) => ({ inbound: new OpenTelemetryActivityInboundInterceptor(ctx, { tracer }), outbound: new OpenTelemetryActivityOutboundInterceptor(ctx) })],
       client: { workflow: [new OpenTelemetryWorkflowClientInterceptor({ tracer })] },
     },
-    sinks: { exporter: workflowSpans },
     clientInterceptors: { workflow: [new OpenTelemetryWorkflowClientInterceptor({ tracer })] },
     forceFlush: () => provider.forceFlush(),
     shutdown() {
@@ -200,9 +182,3 @@ export function createTracing(config: TracingConfig, opts: { spanProcessors?: Sp
     },
   };
 }
-
-/**
- * The Worker `sinks` to register when tracing is off but the workflow bundle includes
- * TRACING_WORKFLOW_INTERCEPTOR_MODULE: drops workflow spans quietly instead of one ERROR log each.
- */
-export const DISABLED_TRACING_SINKS: InjectedSinks<OpenTelemetrySinks> = { exporter: { export: { fn: () => undefined } } };

@@ -20,7 +20,7 @@ import { parseBind, startHealthServer } from './health';
 import { LogContextInterceptor } from './logContext';
 import { workerTuningFromEnv, type WorkerTuning } from './tuning';
 import { deploymentFromEnv, deploymentOptions } from './versioning';
-import { DISABLED_TRACING_SINKS, TRACING_WORKFLOW_INTERCEPTOR_MODULE, tracingFromEnv } from './tracing';
+import { TRACING_WORKFLOW_INTERCEPTOR_MODULE, tracingFromEnv } from './tracing';
 import { FAILURE_CONVERTER_PATH, mareDataConverter, payloadKeyringFromEnv } from './payloadCodec';
 import type { Keyring } from '../activities/keyring';
 
@@ -43,8 +43,6 @@ export interface MareWorkerOptions {
   interceptors?: WorkerOptions['interceptors'];
   /** Payload encryption: the payload keyring (workers/payloadCodec.ts); none leaves payloads as JSON. */
   payloadKeyring?: Keyring;
-  /** Sinks, e.g. the workflow span exporter of workers/tracing.ts; off, workflow spans are dropped quietly. */
-  sinks?: WorkerOptions['sinks'];
   /** Worker versioning (workers/versioning.ts): this worker's deployment version; workflows default to pinned. */
   deployment?: WorkerDeploymentVersion;
 }
@@ -110,10 +108,9 @@ export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWor
       interceptors: {
         ...opts.interceptors,
         activity: [() => ({ inbound: new LogContextInterceptor() }), ...(opts.interceptors?.activity ?? [])],
-        // Bundling at start needs the tracing module here; a prebuilt bundle already carries it.
+        // Bundling at start needs the trace-context module here; a prebuilt bundle already carries it.
         ...(orchestration && !opts.workflowBundle ? { workflowModules: [TRACING_WORKFLOW_INTERCEPTOR_MODULE, ...(opts.interceptors?.workflowModules ?? [])] } : {}),
       },
-      ...(orchestration ? { sinks: { ...DISABLED_TRACING_SINKS, ...opts.sinks } } : {}),
       ...(opts.deployment ? { workerDeploymentOptions: deploymentOptions(opts.deployment) } : {}),
       ...(typeof opts.tuning === 'function' ? opts.tuning(kind) : opts.tuning),
       // Gives in-flight activities time to finish on SIGTERM; the default of 0 would cut them off.
@@ -160,9 +157,9 @@ export async function openWorkerServices(opts: { pool: Pool; logger?: Logger; to
 const WORKFLOWS_PATH = require.resolve('../workflows');
 
 /**
- * Bundles MARE's workflow code with its failure converter and the OpenTelemetry workflow interceptors
- * (a worker given a prebuilt bundle uses the bundle's, so every bundle carries both; tracing itself
- * is switched on per worker by the environment).
+ * Bundles MARE's workflow code with its failure converter and the trace-context interceptor (a
+ * worker given a prebuilt bundle uses the bundle's, so every bundle carries both; tracing itself is
+ * switched on per process by the environment).
  */
 export async function bundleMareWorkflows(logger?: Parameters<typeof bundleWorkflowCode>[0]['logger']): Promise<string> {
   const { code } = await bundleWorkflowCode({
@@ -246,7 +243,7 @@ export async function runWorkerFromEnv(
       tuning: (kind) => tuning[kind],
       ...(deployment ? { deployment } : {}),
       ...(payloadKeyring ? { payloadKeyring } : {}),
-      ...(tracing ? { interceptors: tracing.workerInterceptors, sinks: tracing.sinks } : {}),
+      ...(tracing ? { interceptors: tracing.workerInterceptors } : {}),
       deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger, tools: services.tools, policies: services.policies, redactor: services.redactor },
     });
     const health = process.env.MARE_HEALTH_BIND ? await startHealthServer({ bind: process.env.MARE_HEALTH_BIND, worker, pool, logger }) : undefined;
@@ -262,7 +259,7 @@ export async function runWorkerFromEnv(
     }
   } finally {
     await connection.close();
-    // After worker.run(): the last workflow spans are out of the sandbox by then.
+    // After worker.run(): the last activity spans have ended by then.
     await tracing?.shutdown();
     await services.close();
     await roles.close();
