@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import type http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -10,7 +11,15 @@ import { createCodecServer } from '../client/codecServer';
 import { listen } from '../client/httpKit';
 import { taskWorkflowId } from '../schemas';
 import { EncryptionCodec, ENCRYPTED_ENCODING, KEY_ID_METADATA, PayloadIntegrityError, PayloadKeyError, payloadKeyringFromEnv } from '../workers/payloadCodec';
-import { createTestStack, historyOf, planReply, type ScriptInput } from './helpers';
+import { resolveTemporalCli } from '../scripts/stack/temporal';
+import { createTestStack, historyOf, planReply, type ScriptInput, type TestStack } from './helpers';
+
+/** Runs a program and resolves with its standard output; a non-zero exit rejects with its standard error. */
+function run(file: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(file, args, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => (err ? reject(new Error(`${file} ${args.join(' ')}: ${stderr}`)) : resolve(stdout))),
+  );
+}
 
 const keyringOf = (...keys: { id: string; key: Buffer }[]): Keyring => ({
   activeKeyId: keys.at(-1)!.id,
@@ -167,7 +176,10 @@ describe('payloads at rest in the Temporal database', () => {
   };
 
   /** Runs one task whose goal (and a failure's message) carry the canary; returns the server's SQLite files' bytes. */
-  async function runAndReadDatabase(payloadKeyring: Keyring | undefined): Promise<{ bytes: string; failures: { message: string; encoding: string }[] }> {
+  async function runAndReadDatabase(
+    payloadKeyring: Keyring | undefined,
+    whileUp: (stack: TestStack) => Promise<void> = () => Promise.resolve(),
+  ): Promise<{ bytes: string; failures: { message: string; encoding: string }[] }> {
     const dir = mkdtempSync(path.join(tmpdir(), 'mare-at-rest-'));
     const dbFilename = path.join(dir, 'temporal.sqlite');
     const stack = await createTestStack({ dbFilename, ...(payloadKeyring ? { payloadKeyring } : {}) });
@@ -180,6 +192,7 @@ describe('payloads at rest in the Temporal database', () => {
         .flatMap((e) => [e.childWorkflowExecutionFailedEventAttributes?.failure, e.activityTaskFailedEventAttributes?.failure])
         .filter((f) => f)
         .map((f) => ({ message: f!.message ?? '', encoding: text(f!.encodedAttributes?.metadata?.encoding) }));
+      await whileUp(stack);
       await stack.teardown();
       const bytes = ['', '-wal'].map((suffix) => (existsSync(dbFilename + suffix) ? readFileSync(dbFilename + suffix).toString('latin1') : '')).join('');
       return { bytes, failures };
@@ -188,11 +201,30 @@ describe('payloads at rest in the Temporal database', () => {
     }
   }
 
-  test('with a payload key the canary is nowhere in the database files, failure messages included; without one it is there (the control)', async () => {
+  test('with a payload key the canary is nowhere in the database files, failure messages included (without one it is there: the control); the Temporal CLI decodes through the codec server', async () => {
     const plain = await runAndReadDatabase(undefined);
     expect(plain.bytes).toContain(CANARY);
 
-    const sealed = await runAndReadDatabase(keyringOf(newKey()));
+    const keyring = keyringOf(newKey());
+    const sealed = await runAndReadDatabase(keyring, async (stack) => {
+      // The Temporal CLI shows the ciphertext, and the plaintext through the codec server with the token.
+      const token = 'cli-token-0123456789abcdef';
+      const server = createCodecServer({ keyring, token });
+      const { port } = await listen(server, 0, '127.0.0.1');
+      try {
+        const firstInput = async (...codec: string[]): Promise<{ metadata: Record<string, string>; data: string }> => {
+          const out = await run(await resolveTemporalCli(), ['workflow', 'show', '-w', taskWorkflowId('at-rest'), '--address', stack.env.address, '-o', 'json', ...codec]);
+          const history = JSON.parse(out) as { events: { workflowExecutionStartedEventAttributes?: { input: { payloads: { metadata: Record<string, string>; data: string }[] } } }[] };
+          return history.events[0]!.workflowExecutionStartedEventAttributes!.input.payloads[0]!;
+        };
+        const raw = await firstInput();
+        expect(Buffer.from(raw.metadata.encoding!, 'base64').toString()).toBe(ENCRYPTED_ENCODING);
+        const decoded = await firstInput('--codec-endpoint', `http://127.0.0.1:${port}`, '--codec-auth', `Bearer ${token}`);
+        expect(JSON.parse(Buffer.from(decoded.data, 'base64').toString())).toMatchObject({ taskId: 'at-rest', goal: `Summarize ${CANARY} for the board` });
+      } finally {
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
+    });
     expect(sealed.bytes.length).toBeGreaterThan(0);
     expect(sealed.bytes).not.toContain(CANARY);
     expect(sealed.bytes).not.toContain('Summarize');
