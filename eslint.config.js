@@ -4,6 +4,9 @@ const tseslint = require('typescript-eslint');
 const importPlugin = require('eslint-plugin-import');
 const { builtinModules } = require('node:module');
 
+// Version decisions are taken once, at the start of a run, in workflows/versions.ts (docs/changing-workflow-code.md).
+const PATCH_MESSAGE = 'Version decisions happen at the start of a run only: add the change to WORKFLOW_CHANGES in workflows/versions.ts and read workflowVersions().';
+
 module.exports = tseslint.config(
   // test/fixtures/*.js are plain Node scripts run as child processes against dist/ (no TypeScript project).
   { ignores: ['dist/', 'node_modules/', '.mare/', 'coverage/', 'eslint.config.js', 'jest.config.js', 'jest.faults.config.js', 'test/fixtures/*.js'] },
@@ -25,12 +28,22 @@ module.exports = tseslint.config(
     },
   },
   {
-    files: ['workflows/**/*.ts', 'bench/bareWorkflows.ts'],
+    // Outside workflow code a patch means nothing; anywhere but workflows/versions.ts it is refused.
+    files: ['**/*.ts'],
+    ignores: ['workflows/**', 'bench/bareWorkflows.ts'],
+    rules: { 'no-restricted-imports': ['error', { paths: [{ name: '@temporalio/workflow', importNames: ['patched', 'deprecatePatch'], message: PATCH_MESSAGE }] }] },
+  },
+  ...[false, true].map((versionsFile) => ({
+    files: versionsFile ? ['workflows/versions.ts'] : ['workflows/**/*.ts', 'bench/bareWorkflows.ts'],
+    ...(versionsFile ? {} : { ignores: ['workflows/versions.ts'] }),
     rules: {
       'no-restricted-imports': [
         'error',
         {
-          paths: builtinModules.map((name) => ({ name, message: 'Workflow code runs in a deterministic sandbox: no Node builtins; use an activity.' })),
+          paths: [
+            ...builtinModules.map((name) => ({ name, message: 'Workflow code runs in a deterministic sandbox: no Node builtins; use an activity.' })),
+            ...(versionsFile ? [] : [{ name: '@temporalio/workflow', importNames: ['patched', 'deprecatePatch'], message: PATCH_MESSAGE }]),
+          ],
           patterns: [
             { group: ['node:*'], message: 'Workflow code runs in a deterministic sandbox: no Node builtins; use an activity.' },
             {
@@ -59,9 +72,15 @@ module.exports = tseslint.config(
       'no-restricted-syntax': [
         'error',
         { selector: "NewExpression[callee.name='Date'][arguments.length=0]", message: 'new Date() reads a clock: not in workflow code.' },
+        ...(versionsFile
+          ? []
+          : [
+              { selector: 'CallExpression[callee.name=/^(patched|deprecatePatch)$/]', message: PATCH_MESSAGE },
+              { selector: 'CallExpression[callee.property.name=/^(patched|deprecatePatch)$/]', message: PATCH_MESSAGE },
+            ]),
       ],
     },
-  },
+  })),
   {
     files: ['test/**/*.ts'],
     rules: {

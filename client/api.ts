@@ -150,7 +150,7 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
         // Temporal accepts a cancellation of a closed run and does nothing: say so instead.
         if (described.status.name !== 'RUNNING') {
           const attrs = described.typedSearchAttributes;
-          const status = attrs.get(SEARCH_ATTRIBUTES.taskStatus) ?? attrs.get(SEARCH_ATTRIBUTES.status) ?? described.status.name;
+          const status = attrs.get(SEARCH_ATTRIBUTES.taskStatus) ?? described.status.name;
           throw new HttpError(409, `task "${taskId}" has already ended (${status})`);
         }
         await client.cancelTask(taskId);

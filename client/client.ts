@@ -1,6 +1,16 @@
 import { randomUUID } from 'node:crypto';
-import { Client, Connection, QueryNotRegisteredError, ServiceError, WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
-import type { DataConverter } from '@temporalio/common';
+import {
+  Client,
+  Connection,
+  QueryNotRegisteredError,
+  ServiceError,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowFailedError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { ApplicationFailure, CancelledFailure, type DataConverter, type QueryDefinition } from '@temporalio/common';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { z } from 'zod';
 import {
@@ -16,7 +26,7 @@ import {
   type TaskProgress,
   type TaskResult,
 } from '../schemas';
-import { approvalsQuery, decideApprovalUpdate, progressQuery, subtaskProgressQuery } from '../workflows/definitions';
+import { approvalsQuery, decideApprovalUpdate, progressQuery, subtaskProgressQuery, taskResultQuery } from '../workflows/definitions';
 import type { orchestrateTask } from '../workflows';
 import { mareDataConverter, payloadKeyringFromEnv } from '../workers/payloadCodec';
 import { tracingFromEnv } from '../workers/tracing';
@@ -70,6 +80,25 @@ export class ApprovalNotFoundError extends Error {
 export class ApprovalRejectedError extends Error {
   override readonly name = 'ApprovalRejectedError';
 }
+
+/**
+ * A query of a run failed for another reason than "no such run" or "no such query handler": the
+ * run could not answer (it cannot replay, its worker is gone, the query timed out). Never read as
+ * "nothing there".
+ */
+export class WorkflowQueryFailedError extends Error {
+  override readonly name = 'WorkflowQueryFailedError';
+  constructor(
+    readonly workflowId: string,
+    readonly query: string,
+    cause: unknown,
+  ) {
+    super(`the ${query} query of ${workflowId} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/** The failure types a task's run ends with when the task ended COMPENSATED or FAILED; the TaskResult is in their details. */
+export const TASK_OUTCOME_FAILURES = ['TaskCompensated', 'TaskFailed'] as const;
 
 /** A task as `getTask` sees it. */
 export interface TaskView {
@@ -196,33 +225,78 @@ export class MareClient {
     const view: TaskView = { taskId, workflowId: handle.workflowId, execution };
     if (execution === 'RUNNING') view.progress = await this.progress(taskId);
     else if (execution === 'COMPLETED') view.result = await handle.result();
+    else if (execution === 'FAILED' || execution === 'CANCELLED') view.result = await handle.result().then(
+      () => undefined,
+      (err: unknown) => this.endedResult(handle, err),
+    );
     return view;
   }
 
   /** The parent's progress, with live detail from each running subtask's own query. */
   async progress(taskId: string): Promise<TaskProgress> {
-    const handle = this.client.workflow.getHandle(taskWorkflowId(taskId));
-    const progress = await handle.query(progressQuery);
+    const workflowId = taskWorkflowId(taskId);
+    const progress = await this.query(workflowId, progressQuery);
+    if (!progress) throw new TaskNotFoundError(taskId);
     progress.subtasks = await Promise.all(
       progress.subtasks.map(async (s): Promise<SubtaskProgress> => {
         if (s.state !== 'running') return s;
-        try {
-          return { ...(await this.client.workflow.getHandle(s.workflowId).query(subtaskProgressQuery)), workflowId: s.workflowId };
-        } catch {
-          return s; // the child may not have started its first task yet
-        }
+        // A child that has not started yet, or has just ended, has no live detail: its line stays.
+        const live = await this.query(s.workflowId, subtaskProgressQuery);
+        return live ? { ...live, workflowId: s.workflowId } : s;
       }),
     );
     return progress;
+  }
+
+  /**
+   * Queries one run: undefined when the run or the handler does not exist; any other failure is a
+   * WorkflowQueryFailedError (a run that cannot replay answers no query, and must not look empty).
+   */
+  private async query<T>(workflowId: string, def: QueryDefinition<T>): Promise<T | undefined> {
+    try {
+      return await this.client.workflow.getHandle(workflowId).query(def);
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError || err instanceof QueryNotRegisteredError) return undefined;
+      throw new WorkflowQueryFailedError(workflowId, def.name, err);
+    }
+  }
+
+  /**
+   * The TaskResult of a run that ended failed or cancelled (`err` is what `result()` threw): from the
+   * TaskCompensated/TaskFailed failure's details, or, for a cancelled task, from its `result` query.
+   * Anything else (an invalid request, a terminated run) is rethrown.
+   */
+  private async endedResult(handle: WorkflowHandle, err: unknown): Promise<TaskResult> {
+    if (err instanceof WorkflowFailedError) {
+      const cause = err.cause;
+      if (cause instanceof ApplicationFailure && (TASK_OUTCOME_FAILURES as readonly unknown[]).includes(cause.type) && cause.details?.[0]) {
+        return cause.details[0] as TaskResult;
+      }
+      if (cause instanceof CancelledFailure) {
+        const result = await this.query(handle.workflowId, taskResultQuery);
+        if (result) return result;
+      }
+    }
+    throw err;
   }
 
   /** Yields the task's progress whenever it changes, until the task ends; then yields nothing more. */
   async *watchTask(taskId: string, opts: { intervalMs?: number; outageToleranceMs?: number } = {}): AsyncGenerator<TaskProgress> {
     const handle = this.client.workflow.getHandle(taskWorkflowId(checkId(taskId)));
     let last = '';
+    let failingSince: number | undefined;
     for (;;) {
       const running = (await ridingOutages(() => handle.describe(), opts.outageToleranceMs)).status.name === 'RUNNING';
-      const progress = await this.progress(taskId).catch(() => undefined);
+      // A query that fails while a worker restarts is skipped; one that keeps failing is an error.
+      const progress = await this.progress(taskId).then(
+        (p) => ((failingSince = undefined), p),
+        (err: unknown) => {
+          if (!(err instanceof WorkflowQueryFailedError) || !running) return undefined;
+          failingSince ??= Date.now();
+          if (Date.now() - failingSince > (opts.outageToleranceMs ?? 600_000)) throw err;
+          return undefined;
+        },
+      );
       const text = JSON.stringify(progress);
       if (progress && text !== last) {
         last = text;
@@ -233,10 +307,15 @@ export class MareClient {
     }
   }
 
-  /** Waits for the task to end and returns its result, riding out Temporal outages (see ridingOutages). */
+  /**
+   * Waits for the task to end and returns its TaskResult, whatever its status (a COMPENSATED, FAILED
+   * or cancelled task ends its run failed or cancelled, with the result attached), riding out
+   * Temporal outages (see ridingOutages). A run that ended without a result (an invalid request, a
+   * terminated run) throws Temporal's WorkflowFailedError.
+   */
   async result(taskId: string, opts: { outageToleranceMs?: number } = {}): Promise<TaskResult> {
     const handle = this.client.workflow.getHandle<typeof orchestrateTask>(taskWorkflowId(checkId(taskId)));
-    return ridingOutages(() => handle.result(), opts.outageToleranceMs);
+    return ridingOutages(() => handle.result().catch((err: unknown) => this.endedResult(handle, err)), opts.outageToleranceMs);
   }
 
   /** Requests cancellation; the task rolls back what it did and ends COMPENSATED. */
@@ -251,27 +330,11 @@ export class MareClient {
 
   /** Every approval of a task (pending and decided), from its subtasks' `approvals` queries. */
   async approvals(taskId: string): Promise<ApprovalView[]> {
-    const handle = this.client.workflow.getHandle(taskWorkflowId(checkId(taskId)));
-    let progress: TaskProgress;
-    try {
-      progress = await handle.query(progressQuery);
-    } catch (err) {
-      if (err instanceof WorkflowNotFoundError) throw new TaskNotFoundError(taskId);
-      throw err;
-    }
+    const progress = await this.query(taskWorkflowId(checkId(taskId)), progressQuery);
+    if (!progress) throw new TaskNotFoundError(taskId);
     const started = progress.subtasks.filter((s) => s.state !== 'pending' && s.state !== 'skipped');
-    const lists = await Promise.all(
-      started.map((s) =>
-        this.client.workflow
-          .getHandle(s.workflowId)
-          .query(approvalsQuery)
-          .catch((err: unknown) => {
-            // Runs from before approvals existed, or not started yet; anything else (a timeout) is not "no approvals".
-            if (err instanceof QueryNotRegisteredError || err instanceof WorkflowNotFoundError) return [] as ApprovalView[];
-            throw err;
-          }),
-      ),
-    );
+    // A subtask not started yet has none; a failing query is an error, never "no approvals".
+    const lists = await Promise.all(started.map(async (s) => (await this.query(s.workflowId, approvalsQuery)) ?? []));
     return lists.flat();
   }
 
@@ -280,10 +343,9 @@ export class MareClient {
     const out: ApprovalView[] = [];
     const query = `${SEARCH_ATTRIBUTES.pendingApproval.name} IS NOT NULL AND ExecutionStatus = 'Running'`;
     for await (const wf of this.client.workflow.list({ query })) {
-      const views = await this.client.workflow
-        .getHandle(wf.workflowId)
-        .query(approvalsQuery)
-        .catch(() => [] as ApprovalView[]);
+      // Task runs carry their subtasks' approvals in MarePendingApproval too; the approvals live on the subtasks.
+      if (wf.type !== 'executeSubtask') continue;
+      const views = (await this.query(wf.workflowId, approvalsQuery)) ?? [];
       out.push(...views.filter((v) => v.status === 'pending'));
     }
     return out;
@@ -311,7 +373,7 @@ export class MareClient {
   async listTasks(opts: { limit?: number } = {}): Promise<TaskSummary[]> {
     const out: TaskSummary[] = [];
     for await (const wf of this.client.workflow.list({ query: `WorkflowType = 'orchestrateTask'` })) {
-      const status = wf.searchAttributes?.MareTaskStatus ?? wf.searchAttributes?.MareStatus;
+      const status = wf.searchAttributes?.MareTaskStatus;
       out.push({
         taskId: wf.workflowId.replace(/^mare-task-/, ''),
         workflowId: wf.workflowId,

@@ -1,6 +1,6 @@
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 
-/** The task queue of the workflows and their bookkeeping (the one queue of runs started before the split). */
+/** The task queue of the workflows and their bookkeeping. */
 export const TASK_QUEUE = 'mare-tasks';
 
 /**
@@ -19,8 +19,6 @@ export const TOOL_OUTPUT_HISTORY_LIMIT = 4_000;
 
 /** Custom search attributes: registered by `mare dev` and the test server, set by orchestrateTask. */
 export const SEARCH_ATTRIBUTES = {
-  /** The first name of the task status; runs started before `MareTaskStatus` keep setting it. */
-  status: defineSearchAttributeKey('MareStatus', SearchAttributeType.KEYWORD),
   /** A task's status (RUNNING, COMPLETED, FAILED, COMPENSATED). */
   taskStatus: defineSearchAttributeKey('MareTaskStatus', SearchAttributeType.KEYWORD),
   /** The task id, on the task's workflow and on each of its subtask workflows. */

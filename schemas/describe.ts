@@ -25,3 +25,24 @@ export function describeCriterion(c: Criterion): string {
       return `command \`${[c.command, ...c.args].join(' ')}\` exits 0 within ${c.timeoutSeconds} s`;
   }
 }
+
+/** Argument names that say what a tool call acts on, most telling first. */
+const TARGET_ARGS = ['path', 'file', 'filename', 'uri', 'url', 'name', 'key', 'id', 'query'];
+
+/**
+ * What a tool call acts on, for summaries: the first of its `path`, `file`, `uri`, `url`, `name`,
+ * `key`, `id` or `query` arguments that is a short string ('' when none is).
+ */
+export function toolCallTarget(args: Record<string, unknown> | undefined): string {
+  for (const key of TARGET_ARGS) {
+    const value = args?.[key];
+    if (typeof value === 'string' && value.trim()) return value.length > 80 ? `${value.slice(0, 79)}…` : value;
+  }
+  return '';
+}
+
+/** The attempt a call key belongs to (`…/a2/i1/c0` → 2), or undefined. */
+export function attemptOfCallKey(callKey: string): number | undefined {
+  const m = /\/a(\d+)\//.exec(callKey);
+  return m ? Number(m[1]) : undefined;
+}

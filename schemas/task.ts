@@ -117,6 +117,14 @@ export interface ApprovalDecision {
   by?: string;
 }
 
+/** A pending approval as the task shows it: what waits for a person, on what, and why (no arguments). */
+export interface PendingApprovalNote {
+  approvalId: string;
+  /** The tool and its target (`workspace.write changelog/summary.md`), a model call, or the work of a role version. */
+  about: string;
+  reason: string;
+}
+
 /** One subtask's line in the progress of a task. */
 export interface SubtaskProgress {
   id: string;

@@ -2,9 +2,10 @@ import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { InvalidTaskRequestError, TaskNotFoundError } from '../client/client';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
 import type { TaskProgress } from '../schemas';
 import { TASK_QUEUE, taskWorkflowId } from '../schemas';
-import { activityPayloads, allPayloadText, createTestStack, historyOf, localActivities, planReply, recordHistory, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
+import { activityPayloads, allPayloadText, createTestStack, failureMessage, historyOf, localActivities, planReply, recordHistory, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
 
@@ -202,6 +203,16 @@ test('verification fails twice: the task is COMPENSATED and files are restored i
   });
   expect(result.status).toBe('COMPENSATED');
   expect(result.error).toContain('second: verification failed 2 times');
+  // The run's outcome is Temporal's outcome: failed, typed TaskCompensated, the TaskResult in its details,
+  // a message that names ids and types only (readable without the codec), and no directory of this machine.
+  const closed = (await historyOf(stack, taskWorkflowId('rollback'))).at(-1)?.workflowExecutionFailedEventAttributes?.failure;
+  expect(closed?.applicationFailureInfo?.type).toBe('TaskCompensated');
+  expect(closed?.message).toBe('task rollback COMPENSATED: subtask second failed after 2 attempt(s): VerificationFailed; 4 of 4 undo steps done');
+  expect(defaultPayloadConverter.fromPayload(closed!.applicationFailureInfo!.details!.payloads![0]!)).toEqual(result);
+  expect(JSON.stringify(closed)).not.toContain(stack.workspaceRoot);
+  expect(JSON.stringify(closed)).not.toContain(process.cwd());
+  const { status } = await stack.env.client.workflow.getHandle(taskWorkflowId('rollback')).describe();
+  expect(status.name).toBe('FAILED');
   expect(readFileSync(ws('rollback', 'a.md'), 'utf8')).toBe('original');
   expect(existsSync(ws('rollback', 'b.md'))).toBe(false);
   const { rows } = await stack.pool.query(`SELECT seq, subtask_id, ok, detail FROM compensations WHERE task_id = 'rollback' ORDER BY seq`);
@@ -242,6 +253,9 @@ test('an undo step that fails leaves the task FAILED with the failed step listed
     return stack.client.result('undo-fails');
   });
   expect(result.status).toBe('FAILED');
+  const closed = (await historyOf(stack, taskWorkflowId('undo-fails'))).at(-1)?.workflowExecutionFailedEventAttributes?.failure;
+  expect(closed?.applicationFailureInfo?.type).toBe('TaskFailed');
+  expect(closed?.message).toMatch(/^task undo-fails FAILED: .*; 1 of 2 undo steps done$/);
   expect(result.compensations.map((c) => [c.step.args.path, c.ok])).toEqual([
     ['keep.md', true],
     ['sub/a.md', false],
@@ -286,6 +300,9 @@ test('cancellation mid-run rolls back what was done', async () => {
   });
   expect(result.cancelled).toBe(true);
   expect(result.status).toBe('COMPENSATED');
+  // A cancelled task ends its run cancelled; its result comes from the run's `result` query.
+  expect((await historyOf(stack, taskWorkflowId('cancel-me'))).at(-1)?.workflowExecutionCanceledEventAttributes).toBeTruthy();
+  expect((await stack.env.client.workflow.getHandle(taskWorkflowId('cancel-me')).describe()).status.name).toBe('CANCELLED');
   expect(existsSync(ws('cancel-me', 'x.md'))).toBe(false);
   expect(existsSync(ws('cancel-me', 'y.md'))).toBe(false);
   const { rows } = await stack.pool.query(`SELECT subtask_id, ok FROM compensations WHERE task_id = 'cancel-me' ORDER BY seq`);
@@ -308,9 +325,13 @@ test('a model that calls tools forever hits BudgetExceeded at the iteration limi
   expect(existsSync(ws('budget', 'loop.md'))).toBe(false);
   const events = await historyOf(stack, `${taskWorkflowId('budget')}--loop`);
   expect(scheduledActivities(events).filter((a) => a === 'callModel')).toHaveLength(8);
+  // The subtask's run fails as SubtaskFailed, its cause the BudgetExceeded that ended it.
   const failure = events.find((e) => e.workflowExecutionFailedEventAttributes)?.workflowExecutionFailedEventAttributes?.failure;
-  expect(failure?.applicationFailureInfo?.type).toBe('BudgetExceeded');
+  expect(failure?.applicationFailureInfo?.type).toBe('SubtaskFailed');
   expect(failure?.applicationFailureInfo?.nonRetryable).toBe(true);
+  expect(failure?.message).toBe('subtask loop failed after 1 attempt(s): BudgetExceeded');
+  expect(failure?.cause?.applicationFailureInfo?.type).toBe('BudgetExceeded');
+  expect(failureMessage(failure?.cause)).toBe('BudgetExceeded: no final answer after 8 model calls');
   const { rows } = await stack.pool.query(`SELECT count(*)::int AS n, bool_and(ok) AS ok FROM compensations WHERE task_id = 'budget'`);
   expect(rows[0]).toEqual({ n: 8, ok: true });
 });

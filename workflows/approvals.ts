@@ -1,8 +1,8 @@
-import { CancellationScope, condition, setHandler, sleep, upsertSearchAttributes } from '@temporalio/workflow';
-import { SEARCH_ATTRIBUTES } from '../schemas/constants';
-import type { ApprovalDecision, ApprovalTerms, ApprovalView, PolicyDecision } from '../schemas';
-import type { Bookkeeping } from './activityProfiles';
-import { approvalsQuery, decideApprovalUpdate } from './definitions';
+import { CancellationScope, condition, getExternalWorkflowHandle, setHandler, sleep, upsertSearchAttributes } from '@temporalio/workflow';
+import { oneLine, SEARCH_ATTRIBUTES } from '../schemas/constants';
+import type { ApprovalDecision, ApprovalTerms, ApprovalView, PendingApprovalNote, PolicyDecision } from '../schemas';
+import { bookkeeping as store } from './activityProfiles';
+import { approvalsQuery, decideApprovalUpdate, subtaskApprovalsSignal } from './definitions';
 
 /** What happened to an escalated call: it may run, or it may not (and why). */
 export interface ApprovalOutcome {
@@ -10,19 +10,29 @@ export interface ApprovalOutcome {
   view: ApprovalView;
 }
 
+/** An escalated call: what it is, and `about`, how a person reads it (`workspace.write notes.md`). */
+export interface EscalatedCall {
+  kind: ApprovalView['kind'];
+  target: string;
+  args: Record<string, unknown>;
+  callKey: string;
+  about: string;
+}
+
 /**
  * The human-approval desk of one embodiment: an escalated call is recorded as pending, shown by
- * the `approvals` query and the `MarePendingApproval` search attribute, and waits for the
- * `decideApproval` update or its deadline, after which the policy's default decision applies.
+ * the `approvals` query and the `MarePendingApproval` search attribute (on this run and, through a
+ * signal, on the task's run), and waits for the `decideApproval` update or its deadline, after
+ * which the policy's default decision applies.
  */
 export class ApprovalDesk {
   private readonly views: ApprovalView[] = [];
+  private readonly abouts = new Map<string, string>();
   private readonly decisions = new Map<string, ApprovalDecision>();
   private seq = 0;
 
   constructor(
-    private readonly store: Bookkeeping['store'],
-    private readonly ids: { taskId: string; subtaskId: string; workflowId: string },
+    private readonly ids: { taskId: string; subtaskId: string; workflowId: string; parentWorkflowId?: string },
     private readonly onChange: (pending: string[]) => void,
   ) {
     setHandler(approvalsQuery, () => this.views);
@@ -43,14 +53,15 @@ export class ApprovalDesk {
   }
 
   /** Pauses the call until a person decides or the deadline passes. */
-  async request(call: { kind: ApprovalView['kind']; target: string; args: Record<string, unknown>; callKey: string }, decision: PolicyDecision): Promise<ApprovalOutcome> {
+  async request(call: EscalatedCall, decision: PolicyDecision): Promise<ApprovalOutcome> {
     const terms = decision.approval ?? { timeoutSeconds: 3600, onTimeout: 'deny' as const };
     const approvalId = `${this.ids.subtaskId}-${++this.seq}`;
-    const view = await this.store.recordApprovalRequested({
+    const { parentWorkflowId: _parent, ...ids } = this.ids;
+    const view = await store(`record approval ${approvalId} requested: ${call.about}`).recordApprovalRequested({
       callKey: call.callKey,
       view: {
         approvalId,
-        ...this.ids,
+        ...ids,
         kind: call.kind,
         target: call.target,
         args: call.args,
@@ -63,31 +74,38 @@ export class ApprovalDesk {
       },
     });
     this.views.push(view);
-    this.publish();
+    this.abouts.set(approvalId, call.about);
+    await this.publish();
 
-    const decided = await this.waitForDecision(approvalId, terms);
+    const decided = await this.waitForDecision(approvalId, call.about, view.reason, terms);
     const d = this.decisions.get(approvalId);
     if (decided && d) {
       Object.assign(view, decidedFields(d));
     } else {
       Object.assign(view, { status: 'timed_out', decidedBy: 'deadline', decisionReason: `no decision within ${terms.timeoutSeconds} s: the policy's default (${terms.onTimeout}) applies` });
     }
-    this.publish();
-    await this.store.recordApprovalDecided({ taskId: this.ids.taskId, approvalId, status: view.status, by: view.decidedBy ?? '', reason: view.decisionReason ?? '' });
+    await this.publish();
+    await store(`record approval ${approvalId}: ${view.status}`).recordApprovalDecided({ taskId: this.ids.taskId, approvalId, status: view.status, by: view.decidedBy ?? '', reason: view.decisionReason ?? '' });
     const allowed = view.status === 'approved' || (view.status === 'timed_out' && terms.onTimeout === 'allow');
     return { allowed, view };
   }
 
+  /** The embodiment ends (failed or cancelled): nothing of it waits for a person any more, here or on the task. */
+  async close(): Promise<void> {
+    if (this.pending().length) await this.publish([]);
+  }
+
   /**
-   * Waits for the decision or the deadline, whichever comes first; the deadline is a timer with a
-   * summary, so the Web UI shows what it is. A cancellation of the run still ends the wait.
+   * Waits for the decision or the deadline, whichever comes first; the deadline is a timer whose
+   * summary names the call and the reason, so the Web UI shows what waits. A cancellation of the
+   * run still ends the wait.
    */
-  private async waitForDecision(approvalId: string, terms: ApprovalTerms): Promise<boolean> {
+  private async waitForDecision(approvalId: string, about: string, reason: string, terms: ApprovalTerms): Promise<boolean> {
     const scope = new CancellationScope();
     const race = scope.run(() =>
       Promise.race([
         condition(() => this.decisions.has(approvalId)).then(() => true),
-        sleep(terms.timeoutSeconds * 1000, { summary: `approval ${approvalId}: deadline, then ${terms.onTimeout}` }).then(() => false),
+        sleep(terms.timeoutSeconds * 1000, { summary: oneLine(`approval ${approvalId}: ${about}: ${reason}; deadline, then ${terms.onTimeout}`, 200) }).then(() => false),
       ]),
     );
     try {
@@ -101,10 +119,20 @@ export class ApprovalDesk {
     return this.views.filter((v) => v.status === 'pending').map((v) => v.approvalId);
   }
 
-  private publish(): void {
-    const pending = this.pending();
+  /** Shows the pending approvals on this run and on the task's run (a signal to the parent). */
+  private async publish(pending = this.pending()): Promise<void> {
     upsertSearchAttributes({ [SEARCH_ATTRIBUTES.pendingApproval.name]: pending });
     this.onChange(pending);
+    if (!this.ids.parentWorkflowId) return;
+    const notes: PendingApprovalNote[] = pending.map((approvalId) => ({
+      approvalId,
+      about: this.abouts.get(approvalId) ?? '',
+      reason: this.views.find((v) => v.approvalId === approvalId)?.reason ?? '',
+    }));
+    // A task that has ended no longer shows anything: a failed signal changes nothing here.
+    await getExternalWorkflowHandle(this.ids.parentWorkflowId)
+      .signal(subtaskApprovalsSignal, { subtaskId: this.ids.subtaskId, pending: notes })
+      .catch(() => undefined);
   }
 
   /** Refuses (without a trace in history) an unknown or decided approval and a malformed decision. */

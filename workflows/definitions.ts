@@ -1,9 +1,18 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { ApprovalDecision, ApprovalView, SubtaskProgress, TaskProgress } from '../schemas';
+import type { ApprovalDecision, ApprovalView, PendingApprovalNote, SubtaskProgress, TaskProgress, TaskResult } from '../schemas';
 import type { OutcomeReport, SupervisorState } from '../schemas/supervisor';
 
 /** The plan and each subtask's state, role, attempts and latest step. */
 export const progressQuery = defineQuery<TaskProgress>('progress');
+
+/**
+ * The task's result once it has ended (undefined before). A task that ends COMPENSATED or FAILED
+ * carries it in its failure's details too; a cancelled run's close event has no room for it.
+ */
+export const taskResultQuery = defineQuery<TaskResult | undefined>('result');
+
+/** A subtask's approvals that wait for a person, sent to its task whenever they change (empty: none). */
+export const subtaskApprovalsSignal = defineSignal<[{ subtaskId: string; pending: PendingApprovalNote[] }]>('subtaskApprovals');
 
 /** Live detail of one running subtask (the parent's `progress` is updated when a subtask ends). */
 export const subtaskProgressQuery = defineQuery<SubtaskProgress>('subtaskProgress');

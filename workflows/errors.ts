@@ -6,3 +6,13 @@ export function errorMessage(err: unknown): string {
   }
   return String(err);
 }
+
+/** The type of a failure, looking through Temporal's wrappers (activity, child workflow) to the cause that has one. */
+export function failureType(err: unknown): string {
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    const type = (e as { type?: unknown }).type;
+    if (typeof type === 'string' && type) return type;
+    if (!(e as { cause?: unknown }).cause) return e.name;
+  }
+  return 'Error';
+}

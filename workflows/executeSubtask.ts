@@ -1,18 +1,16 @@
 import {
-  ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
   condition,
   getExternalWorkflowHandle,
   isCancellation,
-  patched,
-  proxyActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import { MAX_VERIFY_ATTEMPTS, SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../schemas/constants';
+import { toolCallTarget } from '../schemas/describe';
 import { addUsage, ZERO_USAGE } from '../schemas/usage';
 import type {
   ChatMessage,
@@ -27,19 +25,17 @@ import type {
   SubtaskResult,
   ToolCall,
   ToolCatalogView,
-  ToolInfo,
   ToolResult,
   TokenUsage,
-  UndoStep,
 } from '../schemas';
-import type { ToolCallContext } from '../schemas/tools';
-import { bookkeeping, builtinTools, modelsWith, queueOf } from './activityProfiles';
+import { bookkeeping as store, modelsWith, toolCallActivity } from './activityProfiles';
 import { acquireSlotSignal, releaseSlotSignal, slotGrantedSignal, subtaskProgressQuery } from './definitions';
 import { ApprovalDesk } from './approvals';
-import { errorMessage } from './errors';
+import { errorMessage, failureType } from './errors';
 import { buildAgentContext } from './inject';
 import { checkToolCall, toolGrants } from './permissions';
 import { evaluatePolicies } from './policy';
+import { workflowVersions } from './versions';
 
 /**
  * One embodiment of one role for one subtask: load the role, the tools it may use and the policies
@@ -49,6 +45,7 @@ import { evaluatePolicies } from './policy';
  * stack goes to the parent inside the failure's details.
  */
 export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult> {
+  workflowVersions();
   const { taskId, subtask } = input;
   const progress: SubtaskProgress = {
     id: subtask.id,
@@ -65,8 +62,6 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     progress.latestStep = text;
     setCurrentDetails(`${progress.role} · attempt ${progress.attempts}: ${text}`);
   };
-  const { store } = bookkeeping();
-
   const result: SubtaskResult = {
     id: subtask.id,
     role: subtask.role,
@@ -90,17 +85,21 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
   let slotHolder: string | undefined;
   let slotGranted = false;
   setHandler(slotGrantedSignal, () => void (slotGranted = true));
-  /** Set for runs with MCP tools, policies and approvals (see the patch below). */
-  let catalog: ToolCatalogView | undefined;
+  /** The tools as configured and the policies in force when the embodiment starts, pinned like the role. */
+  let catalog: ToolCatalogView = { tools: [], modelPricePer1kTokens: 0 };
   let policies: LoadedPolicy[] = [];
-  let desk: ApprovalDesk | undefined;
+  // The approvals query and the decideApproval update exist from the first activation on.
+  const desk = new ApprovalDesk({ taskId, subtaskId: subtask.id, workflowId: workflowInfo().workflowId, parentWorkflowId: workflowInfo().parent?.workflowId }, (pending) => {
+    progress.pendingApprovals = pending;
+  });
+  result.approvals = desk.all();
   /** Sensitive data that has entered this embodiment's context through tool output. */
   const contextSensitivity = new Set<Sensitivity>();
   const tenant = input.tenant ?? 'default';
 
   try {
     // The role version is resolved once, here, and pinned: publishes and rollbacks during the run change nothing.
-    const loaded = await store.loadRole({ taskId, subtaskId: subtask.id, name: subtask.role, title: subtask.title });
+    const loaded = await store(`load role ${subtask.role} for ${subtask.id}`).loadRole({ taskId, subtaskId: subtask.id, name: subtask.role, title: subtask.title });
     const role = loaded.profile;
     Object.assign(result, {
       role: role.name,
@@ -113,33 +112,24 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       contextDigests: [],
     });
     progress.role = `${role.name}@${role.version}`;
-    if (patched('role-version-search-attribute')) {
-      upsertSearchAttributes({ [SEARCH_ATTRIBUTES.roles.name]: [progress.role] });
-    }
-    if (patched('web-ui-readability')) upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.taskId, value: taskId }]);
-    // Runs started before MCP tools and policies keep the built-in-only path their histories recorded.
-    if (patched('tools-policies-approvals')) {
-      // Pinned like the role: the tools as configured and the policies in force when the embodiment starts.
-      catalog = await store.toolCatalog({ tools: toolGrants(role).map((g) => g.tool) });
-      policies = await store.loadPolicies();
-      desk = new ApprovalDesk(store, { taskId, subtaskId: subtask.id, workflowId: workflowInfo().workflowId }, (pending) => {
-        progress.pendingApprovals = pending;
-      });
-      result.approvals = desk.all();
-    }
+    upsertSearchAttributes([
+      { key: SEARCH_ATTRIBUTES.roles, value: [progress.role] },
+      { key: SEARCH_ATTRIBUTES.taskId, value: taskId },
+    ]);
+    catalog = await store(`pin the tools of ${progress.role}`).toolCatalog({ tools: toolGrants(role).map((g) => g.tool) });
+    policies = await store('pin the policies in force').loadPolicies();
 
-    // Gates (runs started before them: two attempts, then fail): attempts per role, then escalation.
-    const gates = patched('verification-gates');
+    // Gates: the role's attempts, each verified, then its escalation.
     let throttleCap = loaded.throttleCap;
     let current = role;
     let attempt = 0;
     const embodied = [`${role.name}@${role.version}`];
     for (;;) {
-      const maxAttempts = gates ? (current.maxAttempts ?? MAX_VERIFY_ATTEMPTS) : MAX_VERIFY_ATTEMPTS;
-      if (gates && throttleCap) await acquireSlot(current.name);
+      const maxAttempts = current.maxAttempts ?? MAX_VERIFY_ATTEMPTS;
+      if (throttleCap) await acquireSlot(current.name);
       // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock, for the embodiment's latency
       const record: Embodied = { role: current.name, version: current.version, outcome: 'failed', attempts: 0, score: 0, started: Date.now(), usageStart: result.usage };
-      if (gates) embodiments.push(record);
+      embodiments.push(record);
       let feedback: string | undefined;
       let passed = false;
       for (let n = 1; n <= maxAttempts && !passed; n++) {
@@ -182,15 +172,15 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       }
 
       const failure = `verification failed ${maxAttempts} times: ${feedback ?? ''}`;
-      if (!gates || !current.escalateTo) throw ApplicationFailure.nonRetryable(failure, 'VerificationFailed');
+      if (!current.escalateTo) throw ApplicationFailure.nonRetryable(failure, 'VerificationFailed');
       record.outcome = 'escalated';
       result.escalations = (result.escalations ?? 0) + 1;
 
       if (current.escalateTo === 'human') {
         // A person looks at the work and the verifier's findings: approved work completes as it is.
         step(`verification failed; waiting for a person (${current.name} escalates to human)`);
-        const outcome = await desk!.request(
-          { kind: 'verification', target: `${current.name}@${current.version}`, args: { score: result.score, feedback: feedback ?? '', evidenceId: result.evidenceIds.at(-1) ?? '' }, callKey: `${workflowInfo().workflowId}/verification/${attempt}` },
+        const outcome = await desk.request(
+          { kind: 'verification', target: `${current.name}@${current.version}`, args: { score: result.score, feedback: feedback ?? '', evidenceId: result.evidenceIds.at(-1) ?? '' }, callKey: `${workflowInfo().workflowId}/verification/${attempt}`, about: `the work of ${current.name}@${current.version} (verification failed)` },
           { decision: 'escalate', reason: `${failure}; role ${current.name} escalates to a person`, approval: { timeoutSeconds: 86_400, onTimeout: 'deny' } },
         );
         if (!outcome.allowed) throw ApplicationFailure.nonRetryable(`${failure}; a person did not accept it (approval ${outcome.view.approvalId} ${outcome.view.status})`, 'VerificationFailed');
@@ -200,7 +190,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       }
 
       // Escalation to another role: a fresh embodiment of it, pinned like the first, with no memory of this one.
-      const next = await store.loadRole({ taskId, subtaskId: subtask.id, name: current.escalateTo, title: subtask.title });
+      const next = await store(`load role ${current.escalateTo} for ${subtask.id} (escalation)`).loadRole({ taskId, subtaskId: subtask.id, name: current.escalateTo, title: subtask.title });
       const id = `${next.profile.name}@${next.profile.version}`;
       if (embodied.some((e) => e.startsWith(`${next.profile.name}@`))) {
         throw ApplicationFailure.nonRetryable(`${failure}; escalation to ${current.escalateTo} would embody ${id} again`, 'VerificationFailed');
@@ -210,7 +200,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       await releaseSlot();
       throttleCap = next.throttleCap;
       current = next.profile;
-      catalog = await store.toolCatalog({ tools: toolGrants(current).map((g) => g.tool) });
+      catalog = await store(`pin the tools of ${id}`).toolCatalog({ tools: toolGrants(current).map((g) => g.tool) });
       agentTokens = 0;
       Object.assign(result, { role: current.name, roleVersion: current.version, roleChecksum: next.checksum, roleSource: next.source, escalatedFrom: [...(result.escalatedFrom ?? []), embodied[embodied.length - 2]!] });
       progress.role = id;
@@ -228,15 +218,19 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     if (last && cancelled) last.outcome = 'cancelled';
     endEmbodiment();
     await CancellationScope.nonCancellable(async () => {
+      await desk.close();
       await releaseSlot();
-      await store.recordSubtask({ taskId, result });
+      await store(`record subtask ${subtask.id}: ${result.status}`).recordSubtask({ taskId, result });
       await recordEmbodiments();
     });
+    // The run ends failed (or cancelled), so the Web UI tells the truth; the message names ids and
+    // types only (it is shown without the codec), the SubtaskResult with the whole story is in the details.
     throw ApplicationFailure.create({
-      message: `subtask ${subtask.id} ${result.status}: ${result.error}`,
-      type: cancelled ? 'SubtaskCancelled' : (err instanceof ApplicationFailure && err.type) || 'SubtaskFailed',
+      message: `subtask ${subtask.id} ${result.status} after ${result.attempts} attempt(s)${cancelled ? '' : `: ${failureType(err)}`}`,
+      type: cancelled ? 'SubtaskCancelled' : 'SubtaskFailed',
       nonRetryable: true,
       details: [result],
+      cause: err instanceof Error && !cancelled ? err : undefined,
     });
   }
 
@@ -246,7 +240,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     progress.state = 'completed';
     endEmbodiment();
     await releaseSlot();
-    await store.recordSubtask({ taskId, result });
+    await store(`record subtask ${subtask.id}: completed`).recordSubtask({ taskId, result });
     await recordEmbodiments();
     return result;
   }
@@ -289,7 +283,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     if (!embodiments.length) return;
     // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock, for the embodiments' latency
     const ended = Date.now();
-    await store.recordEmbodiments({
+    await store(`record ${embodiments.length} embodiment(s) of ${subtask.id}`).recordEmbodiments({
       taskId,
       subtaskId: subtask.id,
       workflowId: workflowInfo().workflowId,
@@ -322,13 +316,13 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     // The transcript lives in PostgreSQL; each call sends only the messages added since the last one.
     const transcriptId = `${workflowInfo().workflowId}/a${attempt}`;
     let sent = 0;
-    // The model sees the role's permitted tools only (and, with a catalog, only those configured).
+    // The model sees the role's permitted tools only, and only those configured on the workers.
     const offered = toolGrants(role)
       .map((g) => g.tool)
-      .filter((t) => !catalog || catalog.tools.some((info) => info.name === t));
+      .filter((t) => catalog.tools.some((info) => info.name === t));
     for (let iteration = 1; iteration <= role.maxIterations; iteration++) {
       step(`attempt ${attempt}: model call ${iteration}`);
-      const policy = catalog ? await gateModelCall(role, messages, `${transcriptId}/i${iteration}/model`) : undefined;
+      const policy = await gateModelCall(role, messages, `${transcriptId}/i${iteration}/model`);
       const response = await modelsWith(`act: model call ${iteration} of attempt ${attempt} [${role.name}]`).callModel({
         ...(policy ? { policy } : {}),
         purpose: 'act',
@@ -350,7 +344,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       messages.push({ role: 'assistant', content: response.text, toolCalls: response.calls });
       for (const [index, call] of response.calls.entries()) {
         const callKey = `${workflowInfo().workflowId}/a${attempt}/i${iteration}/c${index}`;
-        messages.push(await runToolCall(role, call, callKey));
+        messages.push(await runToolCall(role, call, callKey, attempt));
       }
     }
     throw ApplicationFailure.nonRetryable(
@@ -359,64 +353,22 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     );
   }
 
-  /** Complete mediation: a call the role does not permit never becomes an activity. */
-  async function runToolCall(role: RoleProfile, call: ToolCall, callKey: string): Promise<ChatMessage> {
-    const reply = (content: string, isError: boolean): ChatMessage => ({
-      role: 'tool',
-      toolCallId: call.id,
-      toolName: call.name,
-      content,
-      isError,
-    });
-    if (catalog) return runMediatedToolCall(role, call, callKey, catalog, reply);
-    const permission = checkToolCall(role, call);
-    if (!permission.allowed) {
-      result.deniedToolCalls++;
-      step(`denied ${call.name}`);
-      await store.recordToolDenied({ taskId, subtaskId: subtask.id, callKey, tool: call.name, args: call.args, role: role.name });
-      return reply(`Permission denied: ${permission.reason}.`, true);
-    }
-    step(`tool ${call.name}`);
-    const ctx = { taskId, subtaskId: subtask.id, callKey };
-    switch (call.name) {
-      case 'workspace.read': {
-        const out = await builtinTools()['workspace.read'](ctx, call.args);
-        return reply(out.content, !out.ok);
-      }
-      case 'workspace.list': {
-        const out = await builtinTools()['workspace.list'](ctx, call.args);
-        return reply(out.content, !out.ok);
-      }
-      case 'workspace.write': {
-        // The undo is registered before the side effect, so a crash in between still rolls back.
-        const undo: UndoStep = { tool: call.name, callKey, taskId, subtaskId: subtask.id, args: call.args };
-        result.undo.push(undo);
-        const out = await builtinTools()['workspace.write'](ctx, call.args);
-        return reply(out.content, !out.ok);
-      }
-      default:
-        return reply(`Unknown tool "${call.name}".`, true);
-    }
-  }
-
   /**
-   * Complete mediation with MCP tools and policies: the role's grant, an undo for a write, then the
-   * policies (an irreversible tool always needs a person). Only a call that passes all of them
-   * becomes an activity, named after the tool; its undo is registered first. Tool output goes back
-   * to the model marked as untrusted data.
+   * Complete mediation: the role's grant, an undo for a write, then the policies (an irreversible
+   * tool always needs a person). Only a call that passes all of them becomes an activity, named
+   * after the tool; its undo is registered first. Tool output goes back to the model marked as
+   * untrusted data.
    */
-  async function runMediatedToolCall(
-    role: RoleProfile,
-    call: ToolCall,
-    callKey: string,
-    tools: ToolCatalogView,
-    reply: (content: string, isError: boolean) => ChatMessage,
-  ): Promise<ChatMessage> {
-    const info = tools.tools.find((t) => t.name === call.name);
+  async function runToolCall(role: RoleProfile, call: ToolCall, callKey: string, attempt: number): Promise<ChatMessage> {
+    const reply = (content: string, isError: boolean): ChatMessage => ({ role: 'tool', toolCallId: call.id, toolName: call.name, content, isError });
+    const info = catalog.tools.find((t) => t.name === call.name);
+    const target = toolCallTarget(call.args);
+    /** How the Web UI names this call: `workspace.write changelog/summary.md [writer] a2`. */
+    const named = `${call.name}${target ? ` ${target}` : ''} [${role.name}] a${attempt}`;
     const refuse = async (reason: string): Promise<ChatMessage> => {
       result.deniedToolCalls++;
       step(`denied ${info ? call.name : 'an unknown tool'}`);
-      await store.recordToolDenied({ taskId, subtaskId: subtask.id, callKey, tool: call.name, args: call.args, role: role.name, reason });
+      await store(`record denied call: ${named}`).recordToolDenied({ taskId, subtaskId: subtask.id, callKey, tool: call.name, args: call.args, role: role.name, reason });
       return reply(`Permission denied: ${reason}.`, true);
     };
     const permission = checkToolCall(role, call, info?.access);
@@ -439,11 +391,11 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       decision = { ...decision, decision: 'escalate', reason: `"${call.name}" is irreversible: a person approves each call${decision.policy ? ` (${decision.reason})` : ''}` };
     }
     // An allowed call's decision is recorded by its own activity; a denial or escalation here.
-    if (decision.decision !== 'allow') await store.recordPolicyDecision({ taskId, subtaskId: subtask.id, key: callKey, kind: 'tool', target: call.name, decision });
+    if (decision.decision !== 'allow') await store(`record policy decision ${decision.decision}: ${named}`).recordPolicyDecision({ taskId, subtaskId: subtask.id, key: callKey, kind: 'tool', target: call.name, decision });
     if (decision.decision === 'deny') return refuse(`policy ${decision.policy ?? ''} denied it: ${decision.reason}`);
     if (decision.decision === 'escalate') {
       step(`waiting for approval of ${call.name}`);
-      const outcome = await desk!.request({ kind: 'tool', target: call.name, args: call.args, callKey }, decision);
+      const outcome = await desk.request({ kind: 'tool', target: call.name, args: call.args, callKey, about: `${call.name}${target ? ` ${target}` : ''}` }, decision);
       if (!outcome.allowed) return refuse(`approval ${outcome.view.approvalId} ${outcome.view.status}: ${outcome.view.decisionReason ?? ''}`);
     }
 
@@ -452,28 +404,9 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       // The undo is registered before the side effect, so a crash in between still rolls back.
       result.undo.push({ tool: call.name, callKey, taskId, subtaskId: subtask.id, args: call.args });
     }
-    const out = await toolActivity(info, role)({ taskId, subtaskId: subtask.id, callKey, ...(decision.decision === 'allow' ? { policy: decision } : {}) }, call.args);
+    const out = await toolCallActivity(info, named)({ taskId, subtaskId: subtask.id, callKey, ...(decision.decision === 'allow' ? { policy: decision } : {}) }, call.args);
     out.sensitivity?.forEach((k) => contextSensitivity.add(k));
     return reply(untrusted(call.name, out), !out.ok);
-  }
-
-  /** The activity of one tool, named after it, with the tool's own time limit and retries. */
-  function toolActivity(info: ToolInfo, role: RoleProfile): (ctx: ToolCallContext, args: Record<string, unknown>) => Promise<ToolResult> {
-    const acts = proxyActivities<Record<string, (ctx: ToolCallContext, args: Record<string, unknown>) => Promise<ToolResult>>>({
-      startToCloseTimeout: info.timeoutMs,
-      heartbeatTimeout: '20 seconds',
-      // A cancelled call is waited for, so its undo never races the side effect.
-      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-      retry: {
-        maximumAttempts: info.retry.maximumAttempts,
-        initialInterval: info.retry.initialIntervalMs,
-        maximumInterval: info.retry.maximumIntervalMs,
-        backoffCoefficient: info.retry.backoffCoefficient,
-      },
-      summary: `${info.name} for role ${role.name}`,
-      ...queueOf('tools'),
-    });
-    return acts[info.name]!;
   }
 
   /**
@@ -487,15 +420,15 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       target: role.modelPreference ?? 'default',
       role: role.name,
       tenant,
-      estimatedCost: (Math.ceil(chars / 4) / 1000) * (catalog?.modelPricePer1kTokens ?? 0),
+      estimatedCost: (Math.ceil(chars / 4) / 1000) * catalog.modelPricePer1kTokens,
       sensitivity: [...contextSensitivity].sort(),
     };
     const decision: PolicyDecision = evaluatePolicies(policies, policyInput);
     if (decision.decision === 'allow') return { key, target: policyInput.target, decision };
-    await store.recordPolicyDecision({ taskId, subtaskId: subtask.id, key, kind: 'model', target: policyInput.target, decision });
+    await store(`record policy decision ${decision.decision}: model call of ${role.name}`).recordPolicyDecision({ taskId, subtaskId: subtask.id, key, kind: 'model', target: policyInput.target, decision });
     if (decision.decision === 'escalate') {
       step('waiting for approval of a model call');
-      if ((await desk!.request({ kind: 'model', target: policyInput.target, args: {}, callKey: key }, decision)).allowed) return undefined;
+      if ((await desk.request({ kind: 'model', target: policyInput.target, args: {}, callKey: key, about: `a model call (${policyInput.target})` }, decision)).allowed) return undefined;
     }
     throw ApplicationFailure.nonRetryable(`PolicyDenied: a model call was not allowed (${decision.policy ?? 'policy'}: ${decision.reason})`, 'PolicyDenied');
   }

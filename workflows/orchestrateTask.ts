@@ -2,57 +2,68 @@ import {
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
+  CancelledFailure,
   ChildWorkflowFailure,
   executeChild,
   isCancellation,
-  patched,
   setCurrentDetails,
   setHandler,
   upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { CompensationOutcome, Plan, Subtask, SubtaskResult, TaskProgress, TaskRequest, TaskResult, UndoStep } from '../schemas';
+import type { CompensationOutcome, PendingApprovalNote, Plan, Subtask, SubtaskResult, TaskProgress, TaskRequest, TaskResult, UndoStep } from '../schemas';
 import { oneLine, SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../schemas/constants';
+import { attemptOfCallKey, toolCallTarget } from '../schemas/describe';
 import { addUsage, ZERO_USAGE } from '../schemas/usage';
-import { bookkeeping, compensations, modelsWith, type Bookkeeping } from './activityProfiles';
-import { progressQuery } from './definitions';
-import { errorMessage } from './errors';
+import { bookkeeping as store, compensations, modelsWith } from './activityProfiles';
+import { progressQuery, subtaskApprovalsSignal, taskResultQuery } from './definitions';
+import { errorMessage, failureType } from './errors';
 import { executeSubtask } from './executeSubtask';
+import { workflowVersions } from './versions';
 
-type Settled = { id: string; ok: true; result: SubtaskResult } | { id: string; ok: false; partial?: SubtaskResult; error: string; cancelled: boolean };
+/**
+ * A subtask's end. A failed one carries `headline`, the failure's message from the child run, which
+ * names ids and types only (it is shown without the codec), and `error`, the whole story.
+ */
+type Settled = { id: string; ok: true; result: SubtaskResult } | { id: string; ok: false; partial?: SubtaskResult; error: string; headline: string; cancelled: boolean };
 
 /**
  * The story of one task: decompose it into a plan, run each subtask as a child workflow once its
  * dependencies are done, and, if the task cannot be completed, roll back everything in reverse.
  */
 export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
+  workflowVersions();
   const progress: TaskProgress = { taskId: input.taskId, status: 'RUNNING', phase: 'planning', subtasks: [] };
+  const ended: { result?: TaskResult } = {};
   setHandler(progressQuery, () => progress);
-  const { store, local } = bookkeeping();
-  // Runs started before the Web UI readability change keep the search attributes their histories set.
-  const readable = patched('web-ui-readability');
-  const statusKey = readable ? SEARCH_ATTRIBUTES.taskStatus : SEARCH_ATTRIBUTES.status;
-  const tag = (tenant: string): void =>
-    upsertSearchAttributes([
-      { key: statusKey, value: 'RUNNING' },
-      { key: SEARCH_ATTRIBUTES.tenant, value: tenant },
-      ...(readable ? [{ key: SEARCH_ATTRIBUTES.taskId, value: input.taskId }] : []),
-    ]);
-  /** What the Web UI shows as the run's current step (not part of the history's commands). */
-  const show = (details: string): void => setCurrentDetails(details);
-  show('validating the request');
+  setHandler(taskResultQuery, () => ended.result);
+  /** The run's current step, and what waits for a person, as the Web UI shows them on the task. */
+  let currentStep = 'validating the request';
+  const approvals = new Map<string, PendingApprovalNote[]>();
+  const show = (details?: string): void => {
+    if (details !== undefined) currentStep = details;
+    const waiting = [...approvals.values()].flat();
+    setCurrentDetails(waiting.length ? `${currentStep}\n\n**Waiting for a person:**\n${waiting.map((a) => `- approval \`${a.approvalId}\`: ${a.about}: ${a.reason}`).join('\n')}` : currentStep);
+  };
+  // A subtask's approvals that wait for a person show on the task too (MarePendingApproval, details).
+  setHandler(subtaskApprovalsSignal, ({ subtaskId, pending }) => {
+    if (pending.length) approvals.set(subtaskId, pending);
+    else approvals.delete(subtaskId);
+    const sp = progress.subtasks.find((p) => p.id === subtaskId);
+    if (sp) sp.pendingApprovals = pending.map((a) => a.approvalId);
+    upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.pendingApproval, value: [...approvals.values()].flat().map((a) => a.approvalId) }]);
+    show();
+  });
+  show();
 
-  // 0. Validate the request (defaults applied) and record the task. Runs started before the
-  //    bookkeeping patch had their input validated by the client, were tagged first and recorded after.
-  let req: TaskRequest = input;
-  if (local) {
-    req = await startTask(store, input);
-    tag(req.tenant);
-  } else {
-    tag(req.tenant);
-    await store.recordTaskStarted({ taskId: req.taskId, workflowId: workflowInfo().workflowId, goal: req.goal, tenant: req.tenant });
-  }
+  // 0. Validate the request (defaults applied) and record the task.
+  const req = await startTask(input);
+  upsertSearchAttributes([
+    { key: SEARCH_ATTRIBUTES.taskStatus, value: 'RUNNING' },
+    { key: SEARCH_ATTRIBUTES.tenant, value: req.tenant },
+    { key: SEARCH_ATTRIBUTES.taskId, value: req.taskId },
+  ]);
 
   const planner = modelsWith(`plan: ${oneLine(req.goal, 80)}`);
   const taskVerifier = modelsWith("verify the task's own acceptance criteria");
@@ -64,12 +75,14 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   const finished: SubtaskResult[] = [];
   const failed: Extract<Settled, { ok: false }>[] = [];
   let failure: string | undefined;
+  /** The failure in ids and types only: the run's failure message, shown without the codec. */
+  let headline: string | undefined;
   let verification: TaskResult['verification'];
   try {
     show(`planning: decomposing the goal into subtasks`);
     const planned = await planner.decompose({ taskId: req.taskId, goal: req.goal, maxSubtasks: req.maxSubtasks, tenant: req.tenant });
     plan = planned.plan;
-    if (readable) upsertMemo({ planSize: plan.subtasks.length });
+    upsertMemo({ planSize: plan.subtasks.length });
     usage = addUsage(usage, planned.usage);
     modelNames.add(planned.model);
     Object.assign(progress, { plan, planFallbackReason: planned.fallbackReason, phase: 'executing' });
@@ -88,7 +101,10 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
       if (settled.ok) finished.push(settled.result);
       else failed.push(settled);
     }
-    if (failed.length > 0) failure = failed.map((f) => f.error).join('; ');
+    if (failed.length > 0) {
+      failure = failed.map((f) => f.error).join('; ');
+      headline = failed.map((f) => f.headline).join('; ');
+    }
 
     // 3. The task's own acceptance criteria, over the combined result: failing them rolls everything back.
     if (failure === undefined && req.acceptanceCriteria?.length) {
@@ -106,10 +122,14 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
       usage = addUsage(usage, verdict.usage);
       verdict.models.forEach((m) => modelNames.add(m));
       verification = { passed: verdict.passed, score: verdict.score, evidenceId: verdict.evidenceId, feedback: verdict.feedback };
-      if (!verdict.passed) failure = `the task's acceptance criteria failed: ${verdict.feedback}`;
+      if (!verdict.passed) {
+        failure = `the task's acceptance criteria failed: ${verdict.feedback}`;
+        headline = `the task's acceptance criteria failed (score ${verdict.score.toFixed(2)})`;
+      }
     }
   } catch (err) {
     failure = isCancellation(err) ? 'cancelled' : errorMessage(err);
+    headline = isCancellation(err) ? 'cancelled' : failureType(err);
   }
   const cancelled = CancellationScope.current().consideredCancelled;
   const subtaskResults = [...finished, ...failed.flatMap((f) => (f.partial ? [f.partial] : []))];
@@ -125,7 +145,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
     progress.phase = 'compensating';
     show(`compensating: ${failure ?? 'cancelled'}`);
     const stacks = [...finished.map((r) => r.undo), ...failed.map((f) => f.partial?.undo ?? [])];
-    outcomes = await CancellationScope.nonCancellable(() => compensate(store, req.taskId, stacks));
+    outcomes = await CancellationScope.nonCancellable(() => compensate(req.taskId, stacks));
     status = outcomes.every((o) => o.ok) ? 'COMPENSATED' : 'FAILED';
   }
 
@@ -148,11 +168,15 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   const roles = [...new Set(subtaskResults.filter((s) => s.roleVersion).map((s) => `${s.role}@${s.roleVersion}`))];
   show(`done: ${status}${result.error ? ` (${result.error})` : ''}`);
   upsertSearchAttributes([
-    { key: statusKey, value: status },
-    ...(roles.length && patched('role-version-search-attribute') ? [{ key: SEARCH_ATTRIBUTES.roles, value: roles }] : []),
+    { key: SEARCH_ATTRIBUTES.taskStatus, value: status },
+    ...(roles.length ? [{ key: SEARCH_ATTRIBUTES.roles, value: roles }] : []),
+    // Nothing of an ended task waits for a person any more.
+    ...(approvals.size ? [{ key: SEARCH_ATTRIBUTES.pendingApproval, value: [] }] : []),
   ]);
-  await CancellationScope.nonCancellable(() => store.recordTaskFinished({ result }));
-  return result;
+  approvals.clear();
+  await CancellationScope.nonCancellable(() => store(`record the task's end: ${status}`).recordTaskFinished({ result }));
+  ended.result = result;
+  return endRun(result, headline ?? 'cancelled');
 
   /**
    * Starts each subtask as soon as its dependencies are done, at most `concurrency` at a time, and
@@ -209,8 +233,16 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
       });
       return { id: s.id, ok: true, result };
     } catch (err) {
-      const partial = err instanceof ChildWorkflowFailure && err.cause instanceof ApplicationFailure ? (err.cause.details?.[0] as SubtaskResult | undefined) : undefined;
-      return { id: s.id, ok: false, partial, error: partial?.error ? `${s.id}: ${partial.error}` : errorMessage(err), cancelled: isCancellation(err) || partial?.status === 'cancelled' };
+      const failed = err instanceof ChildWorkflowFailure && err.cause instanceof ApplicationFailure ? err.cause : undefined;
+      const partial = failed?.details?.[0] as SubtaskResult | undefined;
+      return {
+        id: s.id,
+        ok: false,
+        partial,
+        error: partial?.error ? `${s.id}: ${partial.error}` : errorMessage(err),
+        headline: failed?.message ?? `subtask ${s.id}: ${failureType(err)}`,
+        cancelled: isCancellation(err) || partial?.status === 'cancelled',
+      };
     }
   }
 
@@ -230,10 +262,24 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   }
 }
 
+/**
+ * The run ends as the task did, so the Web UI, `temporal workflow list` and the "Failed" count tell
+ * the truth: COMPLETED returns the result; COMPENSATED and FAILED fail the run (TaskCompensated,
+ * TaskFailed) with the result in the details; a cancelled task ends cancelled (the `result` query
+ * has its result). The message names ids, statuses, counts and types only.
+ */
+function endRun(result: TaskResult, why: string): TaskResult {
+  if (result.status === 'COMPLETED') return result;
+  const undone = result.compensations.filter((o) => o.ok).length;
+  const message = `task ${result.taskId} ${result.cancelled ? 'cancelled' : result.status}: ${why}; ${undone} of ${result.compensations.length} undo steps done`;
+  if (result.cancelled) throw new CancelledFailure(message);
+  throw ApplicationFailure.create({ type: result.status === 'COMPENSATED' ? 'TaskCompensated' : 'TaskFailed', message, nonRetryable: true, details: [result] });
+}
+
 /** Validates the request in an activity (zod stays out of workflow code) and records the task. */
-async function startTask(store: Bookkeeping['store'], request: TaskRequest): Promise<TaskRequest> {
+async function startTask(request: TaskRequest): Promise<TaskRequest> {
   try {
-    return await store.startTask({ request, workflowId: workflowInfo().workflowId });
+    return await store(`validate and record task ${request.taskId}`).startTask({ request, workflowId: workflowInfo().workflowId });
   } catch (err) {
     // A bad request fails the run with the validator's message, not as an activity failure.
     if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidTaskRequest') {
@@ -244,17 +290,21 @@ async function startTask(store: Bookkeeping['store'], request: TaskRequest): Pro
 }
 
 /** Runs the undo stacks newest first and records every outcome; a failed undo never stops the rest. */
-async function compensate(store: Bookkeeping['store'], taskId: string, stacks: UndoStep[][]): Promise<CompensationOutcome[]> {
+async function compensate(taskId: string, stacks: UndoStep[][]): Promise<CompensationOutcome[]> {
   const steps = stacks.flat().reverse();
   const outcomes: CompensationOutcome[] = [];
   for (const step of steps) {
+    const target = toolCallTarget(step.args);
+    const attempt = attemptOfCallKey(step.callKey);
+    // `undo workspace.write changelog/summary.md (summary, a2): restore` in the Web UI.
+    const summary = `undo ${step.tool}${target ? ` ${target}` : ''} (${step.subtaskId}${attempt ? `, a${attempt}` : ''}): restore`;
     try {
-      outcomes.push({ step, ok: true, detail: await compensations(`undo ${step.tool} of ${step.subtaskId}`).compensate(step) });
+      outcomes.push({ step, ok: true, detail: await compensations(summary).compensate(step) });
     } catch (err) {
       outcomes.push({ step, ok: false, detail: errorMessage(err) });
     }
   }
-  await store.recordCompensations({ taskId, outcomes });
+  await store(`record ${outcomes.length} compensation outcome(s)`).recordCompensations({ taskId, outcomes });
   return outcomes;
 }
 
