@@ -11,6 +11,7 @@ import {
   SubmitTaskInput,
   TaskNotFoundError,
   TemporalUnavailableError,
+  WorkflowQueryFailedError,
   type MareClient,
 } from './client';
 import { authenticate, HttpError, JSON_HEADERS, listen, readJson, sendJson, sha256 } from './httpKit';
@@ -358,6 +359,8 @@ function answerFor(err: unknown, requestId: string, logger: Logger, req: Incomin
   if (err instanceof InvalidTaskRequestError) return { status: 400, body: { error: err.message, issues: toIssues(err.issues) }, headers: {} };
   if (err instanceof TaskNotFoundError || err instanceof ApprovalNotFoundError) return { status: 404, body: { error: err.message }, headers: {} };
   if (err instanceof ApprovalRejectedError) return { status: 409, body: { error: err.message }, headers: {} };
+  // A run that cannot answer (no worker polls, or it cannot replay) is not "nothing there".
+  if (err instanceof WorkflowQueryFailedError) return { status: 503, body: { error: err.message }, headers: { 'retry-after': '5' } };
   if (err instanceof TemporalUnavailableError || isUnavailable(err)) {
     logger.warn({ requestId, err: err instanceof Error ? err.message : String(err) }, 'Temporal unavailable');
     return { status: 503, body: { error: 'Temporal is unavailable; try again later' }, headers: { 'retry-after': '5' } };

@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { ApprovalNotFoundError, ApprovalRejectedError, MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError, withTemporalConnection } from './client';
 import { describeStack, startLocalStack } from './localStack';
-import { formatResult, OFFLINE_NOTICE, progressLines } from './render';
+import { formatResult, OFFLINE_NOTICE, progressLines, WEB_UI_COLUMNS } from './render';
 import { runDemo } from './demo';
 import { positiveInt, UsageError } from './commandKit';
 import { registerRoleCommands } from './rolesCommand';
@@ -11,6 +11,7 @@ import { registerApprovalCommands } from './approvalsCommand';
 import { registerSupervisorCommands } from './supervisorCommand';
 import { registerAuditCommands } from './auditCommand';
 import { registerReportCommands } from './reportCommand';
+import { registerDoctorCommand } from './doctorCommand';
 import { MIN_API_KEY_LENGTH, serveApi } from './api';
 import { CodecTokenError, codecTokenFromEnv, DEFAULT_CODEC_PORT, serveCodec } from './codecServer';
 import { ReportUsageError } from '../activities/reliability/store';
@@ -164,6 +165,7 @@ program
         const { added, existing } = await registerSearchAttributes(connection, namespace);
         if (opts.json) return print(JSON.stringify({ namespace, added, existing }));
         print(`namespace ${namespace}: ${added.length ? `registered ${added.join(', ')}` : 'nothing to register'}${existing.length ? `; already there: ${existing.join(', ')}` : ''}`);
+        print(`In the Web UI's workflow list, add the columns ${WEB_UI_COLUMNS.join(', ')} (Configure Columns), and filter with e.g. WorkflowType = 'orchestrateTask' or MarePendingApproval IS NOT NULL.`);
       });
     }),
   );
@@ -344,6 +346,7 @@ registerApprovalCommands(program, action, print);
 registerSupervisorCommands(program, action, print);
 registerAuditCommands(program, action, print);
 registerReportCommands(program, action, print);
+registerDoctorCommand(program, action, print);
 
 // Exit explicitly once a command is done: the SDK's native runtime can keep the event loop alive.
 void program.parseAsync(process.argv).then(() => process.exit());

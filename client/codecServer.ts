@@ -73,7 +73,7 @@ export function createCodecServer(opts: CodecServerOptions): http.Server {
     const parsed = CodecBody.safeParse(await readJson(req, maxBodyBytes));
     if (!parsed.success) throw new HttpError(400, `invalid request: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ')}`);
     const payloads = parsed.data.payloads.map(fromJson);
-    const out = route[2] === 'encode' ? await codec.encode(payloads) : await codec.decode(payloads);
+    const out = route[2] === 'encode' ? await codec.encode(payloads) : (await codec.decode(payloads)).map(readableNull);
     return reply(res, 200, { payloads: out.map(toJson) }, cors);
   };
 
@@ -145,4 +145,17 @@ export async function serveCodec(opts: CodecServerOptions & { port: number; host
   opts.print('stopping…');
   await new Promise<void>((resolve) => server.close(() => resolve()));
   opts.print('stopped.');
+}
+
+const BINARY_NULL = 'binary/null';
+
+/**
+ * A decoded `binary/null` payload (what a void activity, signal or update returns) as JSON `null`:
+ * the Web UI parses every decoded payload as JSON and fails on the empty data of `binary/null`
+ * ("Could not parse payload: Unexpected end of JSON input"). Decoding is for people; the history keeps the original.
+ */
+function readableNull(p: Payload): Payload {
+  const encoding = p.metadata?.encoding;
+  if (!encoding || new TextDecoder().decode(encoding) !== BINARY_NULL) return p;
+  return { ...p, metadata: { ...p.metadata, encoding: new TextEncoder().encode('json/plain') }, data: new TextEncoder().encode('null') };
 }

@@ -13,6 +13,7 @@ import { createMareWorker, installRuntime, openWorkerServices, workspaceRootFrom
 import { mareDataConverter, payloadKeyringFromEnv } from '../workers/payloadCodec';
 import { codecTokenFromEnv, createCodecServer, DEFAULT_CODEC_PORT } from './codecServer';
 import { listen } from './httpKit';
+import { webUiLinks } from './render';
 
 /** A running local stack: Temporal dev server, PostgreSQL, migrations applied, one worker. */
 export interface LocalStack {
@@ -125,5 +126,7 @@ export function describeStack(stack: LocalStack): string[] {
     `Payloads:       encrypted (AES-256-GCM), keys from ${stack.payloadKeys}`,
     `Codec server:   ${stack.codecUrl} (the Web UI decodes through it; token in MARE_CODEC_TOKEN or .mare/codec-token)`,
     `Model:          ${stack.model.name}${stack.model.offline ? ' (offline scripted model)' : ''}`,
+    'Web UI links:',
+    ...webUiLinks(stack.uiUrl, stack.namespace).map((l) => `  ${l}`),
   ];
 }

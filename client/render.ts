@@ -56,3 +56,22 @@ export function usedOfflineModel(result: TaskResult): boolean {
 export function webUiLink(uiUrl: string, namespace: string, workflowId: string): string {
   return `${uiUrl.replace(/\/$/, '')}/namespaces/${encodeURIComponent(namespace)}/workflows/${encodeURIComponent(workflowId)}`;
 }
+
+/** The Web UI's workflow list, filtered by a visibility query. */
+export function webUiListLink(uiUrl: string, namespace: string, query: string): string {
+  return `${uiUrl.replace(/\/$/, '')}/namespaces/${encodeURIComponent(namespace)}/workflows?query=${encodeURIComponent(query)}`;
+}
+
+/** The columns to add to the Web UI's workflow list (per browser: "Configure Columns" on the list). */
+export const WEB_UI_COLUMNS = ['MareTaskStatus', 'MareTaskId', 'MareRoles', 'MarePendingApproval'] as const;
+
+/** Ready-made Web UI links: tasks with their MARE status, tasks that did not complete, approvals waiting for a person. */
+export function webUiLinks(uiUrl: string, namespace: string): string[] {
+  const link = (query: string): string => webUiListLink(uiUrl, namespace, query);
+  return [
+    `Tasks:             ${link("WorkflowType = 'orchestrateTask'")}`,
+    `Tasks not done:    ${link("WorkflowType = 'orchestrateTask' AND MareTaskStatus IN ('COMPENSATED', 'FAILED')")}`,
+    `Pending approvals: ${link("MarePendingApproval IS NOT NULL AND ExecutionStatus = 'Running'")}`,
+    `Columns to add:    ${WEB_UI_COLUMNS.join(', ')} (workflow list → Configure Columns; kept per browser)`,
+  ];
+}

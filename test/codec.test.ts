@@ -125,6 +125,12 @@ describe('codec server', () => {
       const decoded = body.payloads[0]!;
       expect(JSON.parse(Buffer.from(decoded.data, 'base64').toString('utf8'))).toEqual({ secret: 'the plaintext' });
     }
+    // binary/null (a void result) decodes as JSON null, which the Web UI can parse.
+    const [sealedNull] = await new EncryptionCodec(keyring).encode([defaultPayloadConverter.toPayload(undefined)]);
+    expect(Buffer.from(sealedNull!.metadata!.encoding!).toString()).toBe(ENCRYPTED_ENCODING);
+    const nullAnswer = (await (await post('/decode', [sealedNull!], { authorization: `Bearer ${TOKEN}` })).json()) as { payloads: { metadata: Record<string, string>; data: string }[] };
+    expect(Buffer.from(nullAnswer.payloads[0]!.metadata.encoding!, 'base64').toString()).toBe('json/plain');
+    expect(JSON.parse(Buffer.from(nullAnswer.payloads[0]!.data, 'base64').toString())).toBeNull();
     // /encode gives what the workers' codec decodes.
     const encoded = (await (await post('/encode', [defaultPayloadConverter.toPayload('from the UI')], { authorization: `Bearer ${TOKEN}` })).json()) as {
       payloads: { metadata: Record<string, string>; data: string }[];
@@ -189,7 +195,7 @@ describe('payloads at rest in the Temporal database', () => {
         await stack.client.result('at-rest');
       });
       const failures = (await historyOf(stack, taskWorkflowId('at-rest')))
-        .flatMap((e) => [e.childWorkflowExecutionFailedEventAttributes?.failure, e.activityTaskFailedEventAttributes?.failure])
+        .flatMap((e) => [e.childWorkflowExecutionFailedEventAttributes?.failure, e.activityTaskFailedEventAttributes?.failure, e.workflowExecutionFailedEventAttributes?.failure])
         .filter((f) => f)
         .map((f) => ({ message: f!.message ?? '', encoding: text(f!.encodedAttributes?.metadata?.encoding) }));
       await whileUp(stack);
@@ -228,8 +234,13 @@ describe('payloads at rest in the Temporal database', () => {
     expect(sealed.bytes.length).toBeGreaterThan(0);
     expect(sealed.bytes).not.toContain(CANARY);
     expect(sealed.bytes).not.toContain('Summarize');
-    // Failures carry only a placeholder; message and stack trace are in the encrypted attributes.
+    // Failures carry a headline that gives nothing away (ids, statuses, types); message and stack trace
+    // are in the encrypted attributes. The task's own failure says what happened without the codec.
     expect(sealed.failures.length).toBeGreaterThan(0);
-    for (const f of sealed.failures) expect(f).toEqual({ message: 'Encoded failure', encoding: ENCRYPTED_ENCODING });
+    for (const f of sealed.failures) {
+      expect(f.encoding).toBe(ENCRYPTED_ENCODING);
+      expect(f.message).not.toContain(CANARY);
+    }
+    expect(sealed.failures.at(-1)?.message).toMatch(/^task at-rest COMPENSATED: subtask only failed after 1 attempt\(s\): \w+; 0 of 0 undo steps done$/);
   }, 180_000);
 });

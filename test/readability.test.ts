@@ -59,19 +59,43 @@ test('runs are readable in the Web UI: summaries, details, current details, acti
   expect(task?.memo).toEqual({ goal, tenant: 'acme', planSize: 1 });
 
   const events = await historyOf(stack, subtaskWorkflowId('readable', 'notes'));
-  const summaries = events
-    .filter((e) => e.activityTaskScheduledEventAttributes)
-    .map((e) => Buffer.from(e.userMetadata?.summary?.data ?? []).toString())
-    .map((s) => (s ? (JSON.parse(s) as string) : ''));
-  expect(summaries).toEqual(['act: model call 1 of attempt 1 [writer]', 'workspace.write for role writer', 'act: model call 2 of attempt 1 [writer]', 'verify attempt 1 [writer]']);
+  const summaries = events.filter((e) => e.activityTaskScheduledEventAttributes).map(summaryOf);
+  expect(summaries).toEqual(['act: model call 1 of attempt 1 [writer]', 'workspace.write notes.md [writer] a1', 'act: model call 2 of attempt 1 [writer]', 'verify attempt 1 [writer]']);
   const parent = await historyOf(stack, taskWorkflowId('readable'));
   const decompose = parent.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'decompose');
-  expect(JSON.parse(Buffer.from(decompose?.userMetadata?.summary?.data ?? []).toString())).toBe(`plan: ${goal.slice(0, 79)}…`);
+  expect(summaryOf(decompose)).toBe(`plan: ${goal.slice(0, 79)}…`);
+  // Every bookkeeping step (a local activity, recorded as a marker) says what it did.
+  const markers = (history: typeof events): string[] => history.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').map(summaryOf);
+  expect(markers(parent)).toEqual(['validate and record task readable', "record the task's end: COMPLETED"]);
+  expect(markers(events)).toEqual(['load role writer for notes', 'pin the tools of writer@1.0.0', 'pin the policies in force', 'record subtask notes: completed', 'record 1 embodiment(s) of notes']);
 });
 
-test('an approval deadline is a timer with a summary', async () => {
+/** The one-line summary the Web UI shows on an event (activity, marker, timer). */
+function summaryOf(e: { userMetadata?: { summary?: { data?: Uint8Array | null } | null } | null } | undefined): string {
+  const data = e?.userMetadata?.summary?.data;
+  return data?.length ? (JSON.parse(Buffer.from(data).toString()) as string) : '';
+}
+
+test('undo steps name the call they undo: tool, target, subtask and attempt', async () => {
+  const script: ScriptInput = {
+    rules: [
+      planReply([{ id: 'w', title: 'Write', instructions: 'Write', role: 'writer', acceptanceCriteria: [{ kind: 'file_contains', path: 'changelog/summary.md', text: 'IMPOSSIBLE' }] }]),
+      { match: { purpose: 'act', turn: 0 }, reply: toolCall('workspace.write', { path: 'changelog/summary.md', content: 'x' }) },
+      { match: { purpose: 'act' }, reply: { text: 'wrote it' } },
+    ],
+  };
+  const result = await stack.withWorker(script, async () => {
+    await stack.client.submitTask({ taskId: 'undo-names', goal: 'an edit that is rolled back' });
+    return stack.client.result('undo-names');
+  });
+  expect(result.status).toBe('COMPENSATED');
+  const undo = (await historyOf(stack, taskWorkflowId('undo-names'))).filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'compensate').map(summaryOf);
+  expect(undo).toEqual(['undo workspace.write changelog/summary.md (w, a2): restore', 'undo workspace.write changelog/summary.md (w, a1): restore']);
+});
+
+test('a task waiting for a person says so on the task: MarePendingApproval, current details and the deadline timer name the tool, target and reason', async () => {
   await stack.policies.repository.publish(
-    { schemaVersion: 1, name: 'ask', version: '1.0.0', rules: [{ id: 'ask-writes', when: { targets: ['workspace.write'] }, decision: 'escalate', reason: 'writes need a person', approval: { timeoutSeconds: 1, onTimeout: 'deny' } }] },
+    { schemaVersion: 1, name: 'ask', version: '1.0.0', rules: [{ id: 'ask-writes', when: { targets: ['workspace.write'] }, decision: 'escalate', reason: 'writes need a person', approval: { timeoutSeconds: 600, onTimeout: 'deny' } }] },
     { actor: 'test' },
   );
   const script: ScriptInput = {
@@ -81,15 +105,30 @@ test('an approval deadline is a timer with a summary', async () => {
       { match: { purpose: 'act' }, reply: { text: 'gave up' } },
     ],
   };
+  const taskRun = taskWorkflowId('timer-summary');
+  const pendingOnTask = async (): Promise<string[]> => {
+    const { searchAttributes } = await stack.env.client.workflow.getHandle(taskRun).describe();
+    return (searchAttributes?.[SEARCH_ATTRIBUTES.pendingApproval.name] as string[] | undefined) ?? [];
+  };
   await stack.withWorker(script, async () => {
     await stack.client.submitTask({ taskId: 'timer-summary', goal: 'a write that waits' });
+    // Waits on state: the task's own run shows the subtask's pending approval.
+    for (let i = 0; i < 600 && !(await pendingOnTask()).includes('w-1'); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await pendingOnTask()).toEqual(['w-1']);
+    const found: string[] = [];
+    for await (const wf of stack.env.client.workflow.list({ query: `${SEARCH_ATTRIBUTES.pendingApproval.name} = 'w-1' AND WorkflowType = 'orchestrateTask'` })) found.push(wf.workflowId);
+    expect(found).toEqual([taskRun]);
+    expect((await metadataOf(taskRun)).current).toContain('approval `w-1`: workspace.write x.md: writes need a person');
+    await stack.client.decideApproval('timer-summary', { approvalId: 'w-1', decision: 'deny', reason: 'not now', by: 'tester' });
     await stack.client.result('timer-summary');
+    expect((await metadataOf(taskRun)).current).not.toContain('Waiting for a person');
   });
   await stack.policies.repository.disable('ask', { actor: 'test', reason: 'done' });
+  expect(await pendingOnTask()).toEqual([]);
   const events = await historyOf(stack, subtaskWorkflowId('timer-summary', 'w'));
   const timer = events.find((e) => e.timerStartedEventAttributes);
-  expect(JSON.parse(Buffer.from(timer?.userMetadata?.summary?.data ?? []).toString())).toBe('approval w-1: deadline, then deny');
-  expect(events.some((e) => e.timerFiredEventAttributes)).toBe(true);
+  expect(summaryOf(timer)).toBe('approval w-1: workspace.write x.md: writes need a person; deadline, then deny');
+  expect(events.some((e) => e.timerCanceledEventAttributes)).toBe(true);
 });
 
 test('mare setup registers the search attributes a cluster lacks, and only those', async () => {

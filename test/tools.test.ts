@@ -10,7 +10,7 @@ import { ApprovalRejectedError } from '../client/client';
 import { createRedactor } from '../activities/secrets';
 import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId, type ApprovalView } from '../schemas';
 import { createLogger } from '../workers/logger';
-import { allPayloadText, createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
+import { createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
 let fsRoot: string;
@@ -152,11 +152,11 @@ test('MCP tools over stdio and streamable HTTP: each call is an activity named a
   expect(readFileSync(file('hello.md'), 'utf8')).toBe('# Hello from MCP');
   const events = await historyOf(stack, subtaskWorkflowId('mcp-basic', 'a'));
   expect(scheduledActivities(events)).toEqual(['callModel', 'fs.write_file', 'callModel', 'fs.read_text_file', 'callModel', 'everything.echo', 'callModel', 'keyed.echo', 'callModel', 'verify']);
-  // Each tool activity has its summary (tool and role, never arguments) and the tool's own timeout.
+  // Each tool activity has its summary (tool, target, role, attempt: no other argument) and the tool's own timeout.
   const writeEvent = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'fs.write_file');
   expect(Number(writeEvent?.activityTaskScheduledEventAttributes?.startToCloseTimeout?.seconds)).toBe(20);
   expect(writeEvent?.activityTaskScheduledEventAttributes?.retryPolicy?.maximumAttempts).toBe(3);
-  expect(allPayloadText([writeEvent!])).toContain('fs.write_file for role fsuser');
+  expect(JSON.parse(Buffer.from(writeEvent!.userMetadata!.summary!.data!).toString())).toBe(`fs.write_file ${file('hello.md')} [fsuser] a1`);
   // The model got the tools' output fenced as untrusted data.
   const transcript = await rows<{ message: { role: string; content: string; toolName?: string } }>(
     `SELECT message FROM transcript_messages WHERE transcript_id LIKE $1 AND message->>'role' = 'tool' ORDER BY seq`,
@@ -276,7 +276,8 @@ test('policies: allow, deny and escalate are decided per call and recorded with 
       expect(listed.map((a) => a.approvalId)).toContain('p-1');
       const found = [];
       for await (const wf of stack.env.client.workflow.list({ query: `${SEARCH_ATTRIBUTES.pendingApproval.name} = 'p-1'` })) found.push(wf.workflowId);
-      expect(found).toEqual([subtaskWorkflowId('policy-run', 'p')]);
+      // The subtask waits, and its task says so too.
+      expect(found.sort()).toEqual([taskWorkflowId('policy-run'), subtaskWorkflowId('policy-run', 'p')].sort());
       // The same update id twice has one effect; a malformed decision and a second decision are refused.
       await expect(stack.client.decideApproval('policy-run', { approvalId: 'p-1', decision: 'approve', reason: '' })).rejects.toBeInstanceOf(ApprovalRejectedError);
       const once = await stack.client.decideApproval('policy-run', { approvalId: 'p-1', decision: 'approve', reason: 'looks right', by: 'alice' }, { updateId: 'u-1' });

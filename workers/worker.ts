@@ -22,6 +22,7 @@ import { workerTuningFromEnv, type WorkerTuning } from './tuning';
 import { deploymentFromEnv, deploymentOptions } from './versioning';
 import { TRACING_WORKFLOW_INTERCEPTOR_MODULE, tracingFromEnv } from './tracing';
 import { FAILURE_CONVERTER_PATH, mareDataConverter, payloadKeyringFromEnv } from './payloadCodec';
+import { NondeterminismMonitor, runLookupVia } from './workflowTaskFailures';
 import type { Keyring } from '../activities/keyring';
 
 /** Knobs a deployment may set; everything else comes from the environment. */
@@ -94,6 +95,7 @@ export class MareWorker {
  */
 export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWorker> {
   const activities = { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) };
+  nondeterminism?.useLookup(runLookupVia(opts.connection, opts.namespace ?? 'default'));
   const dataConverter = mareDataConverter(opts.payloadKeyring);
   const optionsFor = (kind: QueueKind): WorkerOptions => {
     const orchestration = kind === 'orchestration';
@@ -185,15 +187,30 @@ export function workspaceRootFromEnv(): string {
   return process.env.MARE_WORKSPACE_DIR ?? path.join(dataDir(), 'workspaces');
 }
 
-/** Routes the Temporal Runtime's logs through pino and, when asked, exposes Prometheus metrics. */
-export function installRuntime(logger: Logger, metricsBind = process.env.MARE_METRICS_BIND): void {
+/** The installed Runtime's non-determinism monitor (workers/workflowTaskFailures.ts), if installRuntime ran. */
+let nondeterminism: NondeterminismMonitor | undefined;
+
+/**
+ * Routes the Temporal Runtime's logs, Core's warnings included, through pino, watches them for
+ * non-deterministic workflow tasks, and, when asked, exposes Prometheus metrics.
+ */
+export function installRuntime(logger: Logger, metricsBind = process.env.MARE_METRICS_BIND): NondeterminismMonitor {
+  const monitor = new NondeterminismMonitor(logger, () => Runtime.instance().metricMeter);
   Runtime.install({
-    logger: new DefaultLogger('INFO', ({ level, message, meta }) => {
+    logger: new DefaultLogger('INFO', (entry) => {
+      const { level, message, meta } = entry;
       const fn = level === 'ERROR' ? logger.error : level === 'WARN' ? logger.warn : level === 'INFO' ? logger.info : logger.debug;
       fn.call(logger, meta ?? {}, message);
+      monitor.observe(entry);
     }),
-    telemetryOptions: metricsBind ? { metrics: { prometheus: { bindAddress: metricsBind } } } : undefined,
+    telemetryOptions: {
+      // Forwarded rather than printed: Core's "Failing workflow task" is how a TMPRL1100 non-determinism shows.
+      logging: { forward: {}, filter: { core: 'WARN', other: 'ERROR' } },
+      ...(metricsBind ? { metrics: { prometheus: { bindAddress: metricsBind } } } : {}),
+    },
   });
+  nondeterminism = monitor;
+  return monitor;
 }
 
 /**
