@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
-import { Client, Connection } from '@temporalio/client';
+import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Command } from 'commander';
 import { Pool } from 'pg';
@@ -13,6 +13,7 @@ import {
   newKey,
   readKeyFile,
   RoleRepository,
+  RoleRepositoryError,
   splitRoleRef,
   writeKeyFile,
   type Actor,
@@ -23,7 +24,7 @@ import { migrate } from '../db/migrate';
 import { UsageError, type Action, type Print } from './commandKit';
 import { dataConverterFromEnv } from './client';
 import { dataDir } from '../scripts/stack/datadir';
-import { supervisorWorkflowId } from '../schemas/constants';
+import { SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../schemas/constants';
 import { reinstateRoleSignal } from '../workflows/definitions';
 
 
@@ -175,24 +176,39 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
       }),
     );
 
-  for (const [verb, text] of [
-    ['suspend', 'suspend a role: the router sends its subtasks to another role until it is reinstated'],
-    ['reinstate', 'lift a suspension'],
-  ] as const) {
-    roles
-      .command(verb)
-      .description(text)
-      .argument('<name>')
-      .requiredOption('--reason <text>', 'why, for the audit trail')
-      .option(...by)
-      .action(
-        action(async (name: string, opts: { by?: string; reason: string }) => {
-          await withRepository((repo) => (verb === 'suspend' ? repo.suspend(name, actor(opts)) : repo.reinstate(name, actor(opts))));
-          print(`${verb === 'suspend' ? 'suspended' : 'reinstated'} ${name}`);
-          if (verb === 'reinstate') await tellSupervisor(name, actor(opts));
-        }),
-      );
-  }
+  roles
+    .command('suspend')
+    .description('suspend a role: the router sends its subtasks to another role until it is reinstated')
+    .argument('<name>')
+    .requiredOption('--reason <text>', 'why, for the audit trail')
+    .option(...by)
+    .action(
+      action(async (name: string, opts: { by?: string; reason: string }) => {
+        await withRepository((repo) => repo.suspend(name, actor(opts)));
+        print(`suspended ${name}`);
+      }),
+    );
+
+  roles
+    .command('reinstate')
+    .description("lift a suspension (the repository's flag, which the router reads) and tell the role's supervisor")
+    .argument('<name>')
+    .requiredOption('--reason <text>', 'why, for the audit trail')
+    .option(...by)
+    .action(
+      action(async (name: string, opts: { by?: string; reason: string }) => {
+        const who = actor(opts);
+        try {
+          await withRepository((repo) => repo.reinstate(name, who));
+        } catch (err) {
+          // Lifted already (the supervisor's cool-down or another person won the race): say so, and bring a lagging supervisor along.
+          if (err instanceof RoleRepositoryError) throw new RoleRepositoryError(`${name} is not suspended${await catchUpSupervisor(name, who)}`);
+          throw err;
+        }
+        print(`reinstated ${name}`);
+        await tellSupervisor(name, who);
+      }),
+    );
 
   roles
     .command('history')
@@ -260,22 +276,60 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     );
 }
 
+/** How long the reinstate command waits for Temporal before it gives up on the supervisor. */
+const SUPERVISOR_CONNECT_TIMEOUT = '5s';
+
+/** Runs `fn` on a Temporal client connected like the Temporal CLI (closed after). */
+async function withTemporal<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  const { connectionOptions, namespace } = loadClientConnectConfig();
+  const connection = await Connection.connect({ ...connectionOptions, connectTimeout: SUPERVISOR_CONNECT_TIMEOUT });
+  try {
+    return await fn(new Client({ connection, namespace, dataConverter: dataConverterFromEnv() }));
+  } finally {
+    await connection.close();
+  }
+}
+
+function describeError(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 /**
  * Tells the role's supervisor (if Temporal and the supervisor can be reached) that a person lifted
- * the suspension, so it starts a fresh window now instead of at the end of its cool-down.
+ * the suspension, so it starts a fresh window now instead of at the end of its cool-down. The
+ * repository already says the role is reinstated, so every outcome here is a note on stderr.
  */
-async function tellSupervisor(name: string, who: { actor: string; reason?: string }): Promise<void> {
+async function tellSupervisor(name: string, who: Actor): Promise<void> {
   const workflowId = supervisorWorkflowId(name);
   try {
-    const { connectionOptions, namespace } = loadClientConnectConfig();
-    const connection = await Connection.connect({ ...connectionOptions, connectTimeout: '3s' });
-    try {
-      await new Client({ connection, namespace, dataConverter: dataConverterFromEnv() }).workflow.getHandle(workflowId).signal(reinstateRoleSignal, { by: who.actor, reason: who.reason ?? '' });
-      process.stderr.write(`told the role's supervisor (${workflowId})\n`);
-    } finally {
-      await connection.close();
-    }
+    await withTemporal((client) => client.workflow.getHandle(workflowId).signal(reinstateRoleSignal, { by: who.actor, reason: who.reason ?? '' }));
+    process.stderr.write(`told the role's supervisor (${workflowId})\n`);
   } catch (err) {
-    process.stderr.write(`note: the role's supervisor (${workflowId}) was not told (${err instanceof Error ? err.message : String(err)}); it records the reinstatement when its cool-down ends\n`);
+    if (err instanceof WorkflowNotFoundError) {
+      process.stderr.write(`note: ${name} has no running supervisor (${workflowId}), so there is no one else to tell; one starts with the role's next finished embodiment\n`);
+    } else {
+      process.stderr.write(`note: the role's supervisor (${workflowId}) was not told (${describeError(err)}); it records the reinstatement when its cool-down ends\n`);
+    }
+  }
+}
+
+/**
+ * The repository says the role is not suspended. A supervisor whose phase (its search attribute)
+ * still says Suspended is behind the repository: it is told, so it records the reinstatement and
+ * starts a fresh window. Returns what to add to the error message ('' when there is nothing to say).
+ */
+async function catchUpSupervisor(name: string, who: Actor): Promise<string> {
+  const workflowId = supervisorWorkflowId(name);
+  const phase = await withTemporal((client) => client.workflow.getHandle(workflowId).describe()).then(
+    (d) => (d.status.name === 'RUNNING' ? d.typedSearchAttributes.get(SEARCH_ATTRIBUTES.supervisorPhase) : undefined),
+    // No supervisor, or Temporal out of reach: the repository's answer stands alone.
+    () => undefined,
+  );
+  if (phase !== 'Suspended') return '';
+  try {
+    await withTemporal((client) => client.workflow.getHandle(workflowId).signal(reinstateRoleSignal, { by: who.actor, reason: who.reason ?? '' }));
+    return `; its supervisor (${workflowId}) still said Suspended and was told, so it records the reinstatement now`;
+  } catch (err) {
+    return `; its supervisor (${workflowId}) still says Suspended and was not told (${describeError(err)}): it records the reinstatement when its cool-down ends`;
   }
 }

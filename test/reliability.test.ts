@@ -218,10 +218,14 @@ describe('on PostgreSQL', () => {
     expect((await enforcementReport(db.pool, { role: 'writer', since: new Date(NOW - 36 * 3_600_000), limit: 5 })).map((r) => r.key)).toEqual(['sup-writer/3']);
 
     // Without an explicit time the row gets the time it is written; it is then the newest.
+    const before = Date.now();
     expect(await recordEnforcement(db.pool, { key: 'sup-writer/4', role: 'writer', action: 'reinstate', reason: 'better', evidence: {}, decidedBy: 'supervisor-writer' })).toBe(true);
+    const after = Date.now();
     const [newest] = await enforcementReport(db.pool, { limit: 1 });
     expect(newest).toMatchObject({ key: 'sup-writer/4', evidence: {} });
-    expect(Math.abs(newest!.at.getTime() - Date.now())).toBeLessThan(60_000);
+    // Bracketed by the write itself, however long it took (one clock; a second of slack for rounding).
+    expect(newest!.at.getTime()).toBeGreaterThanOrEqual(before - 1000);
+    expect(newest!.at.getTime()).toBeLessThanOrEqual(after + 1000);
 
     await expect(db.pool.query("UPDATE enforcement_actions SET reason = 'rewritten' WHERE action_key = 'sup-writer/1'")).rejects.toThrow(/append-only/);
     await expect(db.pool.query("DELETE FROM enforcement_actions WHERE action_key = 'sup-writer/1'")).rejects.toThrow(/append-only/);

@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import type { ActivityInboundCallsInterceptor, ActivityExecuteInput, Next } from '@temporalio/worker';
 import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
-import { ApprovalRejectedError } from '../client/client';
+import { ApprovalRejectedError, WorkflowQueryFailedError } from '../client/client';
 import { createRedactor } from '../activities/secrets';
 import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId, type ApprovalView } from '../schemas';
 import { createLogger } from '../workers/logger';
@@ -354,6 +354,10 @@ test("an approval's deadline applies the policy's default; a worker restart whil
     { approval_id: 't-1', status: 'timed_out' },
     { approval_id: 't-2', status: 'pending' },
   ]);
+  // With no worker to answer, the approvals query fails: a typed error, never "no approvals".
+  const unanswered = stack.client.client.connection.withDeadline(Date.now() + 3_000, () => stack.client.approvals('restart-pending'));
+  await expect(unanswered).rejects.toBeInstanceOf(WorkflowQueryFailedError);
+  await expect(unanswered).rejects.toThrow(/the progress query of mare-task-restart-pending failed: .+/);
   const result = await stack.withWorker(
     script,
     async () => {
