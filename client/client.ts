@@ -225,10 +225,13 @@ export class MareClient {
     const view: TaskView = { taskId, workflowId: handle.workflowId, execution };
     if (execution === 'RUNNING') view.progress = await this.progress(taskId);
     else if (execution === 'COMPLETED') view.result = await handle.result();
-    else if (execution === 'FAILED' || execution === 'CANCELLED') view.result = await handle.result().then(
-      () => undefined,
-      (err: unknown) => this.endedResult(handle, err),
-    );
+    else if (execution === 'FAILED' || execution === 'CANCELLED') {
+      // A run that ended without a TaskResult (an invalid request) has none to show.
+      view.result = await handle.result().then(
+        () => undefined,
+        (err: unknown) => this.endedResult(handle, err),
+      );
+    }
     return view;
   }
 
@@ -263,21 +266,18 @@ export class MareClient {
 
   /**
    * The TaskResult of a run that ended failed or cancelled (`err` is what `result()` threw): from the
-   * TaskCompensated/TaskFailed failure's details, or, for a cancelled task, from its `result` query.
-   * Anything else (an invalid request, a terminated run) is rethrown.
+   * TaskCompensated/TaskFailed failure's details, or, for a cancelled task, from its `result` query
+   * (a WorkflowQueryFailedError when no worker answers). Undefined for a run that ended without
+   * one (an invalid request, a terminated run).
    */
-  private async endedResult(handle: WorkflowHandle, err: unknown): Promise<TaskResult> {
-    if (err instanceof WorkflowFailedError) {
-      const cause = err.cause;
-      if (cause instanceof ApplicationFailure && (TASK_OUTCOME_FAILURES as readonly unknown[]).includes(cause.type) && cause.details?.[0]) {
-        return cause.details[0] as TaskResult;
-      }
-      if (cause instanceof CancelledFailure) {
-        const result = await this.query(handle.workflowId, taskResultQuery);
-        if (result) return result;
-      }
+  private async endedResult(handle: WorkflowHandle, err: unknown): Promise<TaskResult | undefined> {
+    if (!(err instanceof WorkflowFailedError)) throw err;
+    const cause = err.cause;
+    if (cause instanceof ApplicationFailure && (TASK_OUTCOME_FAILURES as readonly unknown[]).includes(cause.type) && cause.details?.[0]) {
+      return cause.details[0] as TaskResult;
     }
-    throw err;
+    if (cause instanceof CancelledFailure) return this.query(handle.workflowId, taskResultQuery);
+    return undefined;
   }
 
   /** Yields the task's progress whenever it changes, until the task ends; then yields nothing more. */
@@ -315,7 +315,15 @@ export class MareClient {
    */
   async result(taskId: string, opts: { outageToleranceMs?: number } = {}): Promise<TaskResult> {
     const handle = this.client.workflow.getHandle<typeof orchestrateTask>(taskWorkflowId(checkId(taskId)));
-    return ridingOutages(() => handle.result().catch((err: unknown) => this.endedResult(handle, err)), opts.outageToleranceMs);
+    return ridingOutages(
+      () =>
+        handle.result().catch(async (err: unknown) => {
+          const result = await this.endedResult(handle, err);
+          if (!result) throw err;
+          return result;
+        }),
+      opts.outageToleranceMs,
+    );
   }
 
   /** Requests cancellation; the task rolls back what it did and ends COMPENSATED. */

@@ -475,4 +475,7 @@ test('a malformed request started without the client fails the run as InvalidTas
   expect(cause?.message).toMatch(/invalid TaskRequest:[\s\S]*concurrency/);
   const { rows } = await stack.pool.query(`SELECT 1 FROM tasks WHERE task_id = 'raw-bad'`);
   expect(rows).toHaveLength(0);
+  // The run failed without a TaskResult: getTask shows it failed, result() throws Temporal's error.
+  expect(await stack.client.getTask('raw-bad')).toEqual({ taskId: 'raw-bad', workflowId: taskWorkflowId('raw-bad'), execution: 'FAILED', result: undefined });
+  await expect(stack.client.result('raw-bad')).rejects.toBeInstanceOf(WorkflowFailedError);
 });
