@@ -78,11 +78,6 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
       return req;
     },
 
-    /** Records a task started before the bookkeeping patch (its workflow validated the request). */
-    async recordTaskStarted(input: { taskId: string; workflowId: string; goal: string; tenant: string }): Promise<void> {
-      await recordTask(input);
-    },
-
     async recordToolDenied(input: {
       taskId: string;
       subtaskId: string;

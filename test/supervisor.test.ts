@@ -11,7 +11,7 @@ const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
 
 beforeAll(async () => {
   stack = await createTestStack();
-  for (const name of ['flaky', 'broken', 'cooling', 'lagging', 'orphan', 'anomalous', 'longlived', 'retiree']) {
+  for (const name of ['flaky', 'broken', 'cooling', 'lagging', 'orphan', 'anomalous', 'reborn', 'longlived', 'retiree']) {
     await stack.roles.repository.publish({ name, version: '1.0.0', description: `${name} role`, systemPrompt: `You are ${name}.`, confidenceThreshold: 0.5 }, who);
   }
 });
@@ -275,6 +275,23 @@ test('an anomaly (latency far from the rolling baseline) produces a warning with
   const [warning] = await rows<{ action: string; reason: string; evidence: { outcome: { latencyMs: number } } }>(`SELECT action, reason, evidence FROM enforcement_actions WHERE role = 'anomalous'`);
   expect(warning).toMatchObject({ action: 'warning', reason: expect.stringContaining('anomaly: latency 45000 ms') });
   expect(warning!.evidence.outcome.latencyMs).toBe(45_000);
+});
+
+test("a supervisor started after a retired one records its own enforcement actions (their keys don't repeat)", async () => {
+  const warnFor = async (): Promise<void> => {
+    const started = await startSupervisor('reborn');
+    for (const latencyMs of [900, 1000, 1100, 1000, 950, 45_000]) await started.signal(embodimentOutcomeSignal, outcome({ latencyMs }));
+    await waitFor('the warning', async () => (await stateOf('reborn')).actions.length > 0);
+    expect(await mare('supervisor', 'retire', 'reborn')).toMatchObject({ code: 0 });
+    await started.result();
+  };
+  await stack.withWorker({ rules: [{ reply: { text: 'x' } }] }, async () => {
+    await warnFor();
+    await warnFor();
+  });
+  const warnings = await rows<{ action_key: string }>(`SELECT action_key FROM enforcement_actions WHERE role = 'reborn' ORDER BY id`);
+  expect(warnings).toHaveLength(2);
+  expect(new Set(warnings.map((w) => w.action_key)).size).toBe(2);
 });
 
 test('the supervisor continues as new before its history grows large, with its window and counters intact', async () => {

@@ -9,7 +9,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
-import { SEARCH_ATTRIBUTES } from '../schemas/constants';
+import { oneLine, SEARCH_ATTRIBUTES } from '../schemas/constants';
 import { decide, SUPERVISOR_DEFAULTS, type EnforcementDecision, type OutcomeReport, type SupervisorSettings, type SupervisorState } from '../schemas/supervisor';
 import {
   acquireSlotSignal,
@@ -20,12 +20,15 @@ import {
   slotGrantedSignal,
   supervisorStateQuery,
 } from './definitions';
+import { workflowVersions } from './versions';
 
-/** Enforcement changes the role repository and writes a record: retried until it lands. */
-const { enforce } = proxyActivities<ReturnType<typeof createActivities>>({
-  startToCloseTimeout: '30 seconds',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds' },
-});
+/** Enforcement changes the role repository and writes a record: retried until it lands. `summary`: what the Web UI shows. */
+const enforcement = (summary: string): ReturnType<typeof proxyActivities<ReturnType<typeof createActivities>>> =>
+  proxyActivities<ReturnType<typeof createActivities>>({
+    startToCloseTimeout: '30 seconds',
+    retry: { initialInterval: '1 second', maximumInterval: '30 seconds' },
+    summary: oneLine(summary, 200),
+  });
 
 /** Input of a role's supervisor; `carried` is its own state when it continues as new. */
 export interface SuperviseRoleInput {
@@ -43,6 +46,7 @@ export interface SuperviseRoleInput {
  * before its history grows large, carrying its window.
  */
 export async function superviseRole(input: SuperviseRoleInput): Promise<SupervisorState> {
+  workflowVersions();
   const settings: SupervisorSettings = { ...SUPERVISOR_DEFAULTS, ...input.carried?.settings, ...input.settings };
   const state: SupervisorState = input.carried
     ? { ...input.carried, settings, runs: input.carried.runs + 1 }
@@ -125,9 +129,10 @@ export async function superviseRole(input: SuperviseRoleInput): Promise<Supervis
 
   /** Carries out one decision (enforce activity: repository change + record) and updates the state. */
   async function apply(d: EnforcementDecision, decidedBy: string, roleVersion?: string): Promise<void> {
-    const key = `${state.role}:${++state.actionSeq}`;
+    // Unique per supervisor, across continue-as-new: a supervisor started after a retired one counts from 1 again.
+    const key = `${state.role}:${workflowInfo().firstExecutionRunId}:${++state.actionSeq}`;
     const cap = d.action === 'throttle' ? settings.throttleCap : null;
-    await enforce({ key, role: state.role, roleVersion, action: d.action, reason: d.reason, evidence: d.evidence, decidedBy, throttleCap: cap });
+    await enforcement(`${d.action} ${state.role}: ${d.reason}`).enforce({ key, role: state.role, roleVersion, action: d.action, reason: d.reason, evidence: d.evidence, decidedBy, throttleCap: cap });
     switch (d.action) {
       case 'suspend':
         state.phase = 'Suspended';
