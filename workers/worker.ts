@@ -89,9 +89,9 @@ export class MareWorker {
 }
 
 /**
- * Creates MARE's workers: on the orchestration queue the workflows and every activity (runs started
- * before the queues were split schedule everything there), on the models and tools queues the
- * activities only.
+ * Creates MARE's workers: on the orchestration queue the workflows and their bookkeeping (local
+ * activities), on the models and tools queues the model and tool activities. Each registers every
+ * activity, so one process serving any subset of queues needs no other wiring.
  */
 export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWorker> {
   const activities = { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) };
