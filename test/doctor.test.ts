@@ -1,6 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { temporal } from '@temporalio/proto';
@@ -9,7 +8,7 @@ import type { StuckRun } from '../client/doctorCommand';
 import { TASK_QUEUE } from '../schemas';
 import { ENCRYPTED_ENCODING, FAILURE_CONVERTER_PATH, mareDataConverter, PAYLOAD_KEYS } from '../workers/payloadCodec';
 import { NONDETERMINISM_METRIC, nondeterminismIn, NondeterminismMonitor } from '../workers/workflowTaskFailures';
-import { createTestStack, type TestStack } from './helpers';
+import { createTestStack, freePort, metricSample as sample, type TestStack } from './helpers';
 
 // The real `mare` command from dist/ (npm test builds it first), against the test Temporal server.
 const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
@@ -57,29 +56,6 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 200));
   }
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** Sums a Prometheus metric's samples whose labels contain every given label; NaN when there is none. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number {
-  let total = 0;
-  let found = false;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    if (!Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) continue;
-    found = true;
-    total += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return found ? total : NaN;
 }
 
 /** The worker's JSON log lines at error level (pino: 50). */

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Client } from '@temporalio/client';
@@ -258,4 +259,28 @@ export function failureMessage(failure: temporal.api.failure.v1.IFailure | null 
     if (typeof attrs?.message === 'string') return attrs.message;
   }
   return failure.message ?? '';
+}
+
+/** A TCP port free on 127.0.0.1 right now (for servers a test starts). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Sums a Prometheus metric's samples whose labels contain every given label; NaN when there is none. */
+export function metricSample(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  let found = false;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    if (!Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) continue;
+    found = true;
+    total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return found ? total : NaN;
 }

@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import path from 'node:path';
-import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
+import { createTestStack, freePort, metricSample as sample, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
 let worker: ChildProcess | undefined;
@@ -15,29 +14,6 @@ afterAll(async () => {
   worker?.kill('SIGKILL');
   await stack?.teardown();
 });
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** Sums a Prometheus metric's samples whose labels contain every given label. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number {
-  let total = 0;
-  let found = false;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    if (!Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) continue;
-    found = true;
-    total += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return found ? total : NaN;
-}
 
 test("a worker's health endpoints and MARE's own metrics next to the Runtime's on the Prometheus endpoint", async () => {
   const [metricsPort, healthPort] = [await freePort(), await freePort()];

@@ -1,6 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import type { ActivityInboundCallsInterceptor, ActivityExecuteInput, Next } from '@temporalio/worker';
@@ -10,7 +9,7 @@ import { ApprovalRejectedError, WorkflowQueryFailedError } from '../client/clien
 import { createRedactor } from '../activities/secrets';
 import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId, type ApprovalView } from '../schemas';
 import { createLogger } from '../workers/logger';
-import { createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
+import { createTestStack, freePort, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
 let fsRoot: string;
@@ -47,16 +46,6 @@ function toolsConfig(extra: Record<string, unknown> = {}) {
     },
     ...extra,
   };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 beforeAll(async () => {
