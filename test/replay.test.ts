@@ -30,3 +30,12 @@ test('a history from code that scheduled different steps fails with DeterminismV
   scheduled!.activityType!.name = 'decomposeV0';
   await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle() }, history, 'mare-task-happy')).rejects.toThrow(DeterminismViolationError);
 });
+
+test('the subtask history that exposed the query race (pre-1.0 code, issue 14) does not replay: its patch marker came a workflow task late', async () => {
+  // Recorded by the replay fault test on the code before workflowVersions(): a query answered while
+  // loadRole ran let Core complete the task early, so patched('role-version-search-attribute') wrote
+  // its marker in the next task. Any replay of such a run fails; today's code takes no decision there.
+  const replay = Worker.runReplayHistory({ workflowBundle: workflowBundle() }, load('executeSubtask.pre-1.0-query-race.json'), 'mare-task-replay-00--draft');
+  await expect(replay).rejects.toThrow(DeterminismViolationError);
+  await expect(replay).rejects.toThrow(/patch marker|role-version-search-attribute/);
+});
