@@ -18,6 +18,9 @@ test.each([
   ['orchestrateTask.happy.json', 'mare-task-happy'],
   ['executeSubtask.draft.json', 'mare-task-happy--draft'],
   ['superviseRole.retiree.json', 'mare-role-supervisor-retiree'],
+  // From the replay fault test: a subtask that waited for a person twice while queried every 50 ms,
+  // evicted from a cache of 3 and moved across a SIGKILLed and a SIGTERMed worker.
+  ['executeSubtask.query-load.json', 'mare-task-replay-04--publish'],
 ])('the recorded history %s replays against today\'s workflow code', async (file, workflowId) => {
   await expect(Worker.runReplayHistory({ workflowBundle: workflowBundle() }, load(file), workflowId)).resolves.toBeUndefined();
 });
