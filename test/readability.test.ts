@@ -3,6 +3,7 @@ import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { resolveTemporalCli } from '../scripts/stack/temporal';
 import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../schemas';
+import { webUiLinks } from '../client/render';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
@@ -152,4 +153,14 @@ test('mare setup registers the search attributes a cluster lacks, and only those
   } finally {
     await bare.teardown();
   }
+});
+
+test('mare dev prints ready-made Web UI links: tasks, tasks that did not complete, pending approvals, and the columns to add', () => {
+  const links = webUiLinks('http://127.0.0.1:8233/', 'default');
+  const query = (line: string | undefined): string => decodeURIComponent(new URL(line!.split(/\s+/).at(-1)!).searchParams.get('query') ?? '');
+  expect(links[0]).toMatch(/^Tasks: +http:\/\/127\.0\.0\.1:8233\/namespaces\/default\/workflows\?query=/);
+  expect(query(links[0])).toBe("WorkflowType = 'orchestrateTask'");
+  expect(query(links[1])).toBe("WorkflowType = 'orchestrateTask' AND MareTaskStatus IN ('COMPENSATED', 'FAILED')");
+  expect(query(links[2])).toBe("MarePendingApproval IS NOT NULL AND ExecutionStatus = 'Running'");
+  expect(links[3]).toContain('MareTaskStatus, MareTaskId, MareRoles, MarePendingApproval');
 });
