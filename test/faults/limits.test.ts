@@ -115,7 +115,7 @@ test('a model that calls tools forever → BudgetExceeded after exactly 8 callMo
   expect(result.error).toBe('loop: BudgetExceeded: no final answer after 8 model calls');
   expect(result.subtasks[0]).toMatchObject({ id: 'loop', status: 'failed', attempts: 1 });
 
-  // the child: 8 model calls, 8 writes, no verification, failed non-retryably with BudgetExceeded
+  // the child: 8 model calls, 8 writes, no verification, failed non-retryably as SubtaskFailed caused by BudgetExceeded
   const child = await historyOf(stack, subtaskWorkflowId('forever', 'loop'));
   const activities = scheduledActivities(child);
   expect(activities.filter((a) => a === 'callModel')).toHaveLength(8);
@@ -124,7 +124,8 @@ test('a model that calls tools forever → BudgetExceeded after exactly 8 callMo
   const inputs = activityPayloads(child, 'callModel', 'input');
   expect(inputs.every((i) => i.includes('"attempt":1'))).toBe(true);
   const failure = child.find((e) => e.workflowExecutionFailedEventAttributes)?.workflowExecutionFailedEventAttributes?.failure;
-  expect(failure?.applicationFailureInfo).toMatchObject({ type: 'BudgetExceeded', nonRetryable: true });
+  expect(failure?.applicationFailureInfo).toMatchObject({ type: 'SubtaskFailed', nonRetryable: true });
+  expect(failure?.cause?.applicationFailureInfo).toMatchObject({ type: 'BudgetExceeded', nonRetryable: true });
   const { rows: modelCalls } = await stack.pool.query(`SELECT purpose, count(*)::int AS n FROM model_calls WHERE task_id = 'forever' GROUP BY purpose ORDER BY purpose`);
   expect(modelCalls).toEqual([{ purpose: 'act', n: 8 }, { purpose: 'plan', n: 1 }]);
 
