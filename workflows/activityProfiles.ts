@@ -1,7 +1,7 @@
 import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityOptions, type RetryPolicy } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
 import { oneLine, TASK_QUEUES } from '../schemas/constants';
-import type { ToolCallContext, ToolResult } from '../schemas/tools';
+import type { ToolCallContext, ToolInfo, ToolResult } from '../schemas/tools';
 
 type Activities = ReturnType<typeof createActivities>;
 type ActivityProxy = ReturnType<typeof proxyActivities<Activities>>;
@@ -36,19 +36,11 @@ export function modelsWith(summary: string): ActivityProxy {
 /** A tool's activity: MCP tools and the built-in workspace tools take the same arguments. */
 type ToolCallFn = (ctx: ToolCallContext, args: Record<string, unknown>) => Promise<ToolResult>;
 
-/** The retry policy of a tool, as its configuration says. */
-export interface ToolRetry {
-  maximumAttempts: number;
-  initialIntervalMs: number;
-  maximumIntervalMs: number;
-  backoffCoefficient: number;
-}
-
 /**
  * The activity of one tool call, named after the tool, on the tools queue, with the tool's own time
  * limit and retries. A cancelled call is waited for, so its undo never races the side effect.
  */
-export function toolCallActivity(tool: { name: string; timeoutMs: number; retry: ToolRetry }, summary: string): ToolCallFn {
+export function toolCallActivity(tool: Pick<ToolInfo, 'name' | 'timeoutMs' | 'retry'>, summary: string): ToolCallFn {
   const acts = proxyActivities<Record<string, ToolCallFn>>({
     startToCloseTimeout: tool.timeoutMs,
     heartbeatTimeout: '20 seconds',
