@@ -1,32 +1,41 @@
 import type { Pool } from 'pg';
-import { z } from 'zod';
+import { isBlobRef, looksLikeBlobRef, type BlobRef } from '../schemas/blobRef';
 import { TOOL_OUTPUT_HISTORY_LIMIT, type ChatMessage, type ToolCall } from '../schemas';
 import { putBlob } from './store';
 
-/** How a large string travels through workflow history: its digest, with the content in `blobs`. */
-export const BlobRef = z.strictObject({ $blob: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int() });
-export type BlobRef = z.infer<typeof BlobRef>;
-
-/** Replaces long string arguments of tool calls with blob references (content goes to PostgreSQL). */
+/**
+ * Replaces long arguments of the tool calls a model just wrote with blob references (content goes
+ * to PostgreSQL); non-strings whose JSON is long travel as their JSON text. A value the model wrote
+ * in the shape of a reference becomes its JSON text: only references made here are ever expanded.
+ */
 export async function compactToolCalls(pool: Pool, calls: ToolCall[]): Promise<ToolCall[]> {
   return Promise.all(
     calls.map(async (call) => {
       const args: Record<string, unknown> = {};
       for (const [key, value] of Object.entries(call.args)) {
-        args[key] = typeof value === 'string' && value.length > TOOL_OUTPUT_HISTORY_LIMIT ? ({ $blob: await putBlob(pool, value), size: value.length } satisfies BlobRef) : value;
+        const text = typeof value === 'string' ? value : JSON.stringify(value ?? null);
+        if (text.length > TOOL_OUTPUT_HISTORY_LIMIT) {
+          args[key] = { $blob: await putBlob(pool, text), size: text.length, ...(typeof value === 'string' ? {} : { json: true as const }) } satisfies BlobRef;
+        } else {
+          args[key] = looksLikeBlobRef(value) ? text : value;
+        }
       }
       return { ...call, args };
     }),
   );
 }
 
-/** Puts the content back in place of blob references, for a tool or a model that needs it. */
+/** Puts the content back in place of blob references, for a tool, a check or a model that needs it. */
 export async function expandArgs(pool: Pool, args: unknown): Promise<unknown> {
   if (!args || typeof args !== 'object' || Array.isArray(args)) return args;
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(args as Record<string, unknown>)) {
-    const ref = BlobRef.safeParse(value);
-    out[key] = ref.success ? await loadBlob(pool, ref.data.$blob) : value;
+    if (!isBlobRef(value)) {
+      out[key] = value;
+      continue;
+    }
+    const content = await loadBlob(pool, value.$blob);
+    out[key] = value.json ? JSON.parse(content) : content;
   }
   return out;
 }

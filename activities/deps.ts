@@ -21,4 +21,6 @@ export interface ActivityDeps {
   /** Redacts known secrets from what is logged, audited and recorded. */
   redactor: Redactor;
   logger: Logger;
+  /** The approvers' public keys (key id → hex Ed25519), from the payload keyring; absent: approvals need no signature. */
+  approverKeys?: Record<string, string>;
 }

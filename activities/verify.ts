@@ -1,6 +1,7 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import Ajv from 'ajv';
 import { z } from 'zod';
+import { patternError, patternFound } from '../schemas/patterns';
 import { addUsage, describeCriterion, extractJsonObject, TASK_SCOPE, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { canonicalJson, sha256 } from './idempotency';
@@ -9,6 +10,21 @@ import { recordVerificationMetrics } from './metrics';
 import { audit } from './store';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
+
+/** Ajv's regular-expression engine for `pattern` and `patternProperties`: RE2, linear in the subject. */
+const re2Engine = Object.assign(
+  (source: string) => {
+    const error = patternError(source);
+    if (error) throw new Error(error);
+    return { test: (text: string) => patternFound(source, text) };
+  },
+  { code: 'require("re2js")' },
+);
+
+/** A JSON Schema validator whose patterns run on RE2 (schemas/patterns.ts). */
+function schemaValidator(): Ajv {
+  return new Ajv({ allErrors: true, strict: false, code: { regExp: re2Engine } });
+}
 
 const Judgement = z.object({ score: z.number().min(0).max(1), rationale: z.string().default('') });
 
@@ -51,8 +67,6 @@ export function createVerifyActivities(deps: ActivityDeps) {
     judgements: { rubric: string; score: number; rationale: string }[];
   }
 
-  const ajv = new Ajv({ allErrors: true, strict: false });
-
   async function check(input: VerifyInput, c: Criterion, files: Record<string, string>, spend: Spend, index: number): Promise<CriterionResult> {
     const verdict = (passed: boolean, detail: string, score = passed ? 1 : 0): CriterionResult => ({ criterion: c, passed, score, detail });
     switch (c.kind) {
@@ -64,13 +78,13 @@ export function createVerifyActivities(deps: ActivityDeps) {
         files[c.path] = sha256(text);
         if (c.kind === 'file_exists') return verdict(true, `${c.path} exists (${text.length} chars)`);
         if (c.kind === 'file_contains') return verdict(text.includes(c.text), text.includes(c.text) ? `found "${c.text}"` : `"${c.text}" not found in ${c.path}`);
-        let re: RegExp;
+        let found: boolean;
         try {
-          re = new RegExp(c.pattern, 'm');
+          found = patternFound(c.pattern, text, { multiline: true });
         } catch (err) {
           return verdict(false, `invalid pattern: ${(err as Error).message}`);
         }
-        return verdict(re.test(text), re.test(text) ? `matches /${c.pattern}/` : `${c.path} does not match /${c.pattern}/`);
+        return verdict(found, found ? `matches /${c.pattern}/` : `${c.path} does not match /${c.pattern}/`);
       }
       case 'output_contains':
         return verdict(input.output.includes(c.text), input.output.includes(c.text) ? `found "${c.text}"` : `final answer lacks "${c.text}"`);
@@ -97,6 +111,8 @@ export function createVerifyActivities(deps: ActivityDeps) {
         if (c.path) files[c.path] = sha256(text);
         const value = c.path ? parseJson(text) : (parseJson(text) ?? extractJsonObject(text));
         if (value === undefined) return verdict(false, `${c.path ?? 'the final answer'} is not JSON`);
+        // A fresh validator per check: a schema's `$id` cannot shadow a later task's, and nothing accumulates.
+        const ajv = schemaValidator();
         let validate;
         try {
           validate = ajv.compile(c.schema);

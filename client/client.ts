@@ -28,7 +28,9 @@ import {
 } from '../schemas';
 import { approvalsQuery, decideApprovalUpdate, progressQuery, subtaskProgressQuery, taskResultQuery } from '../workflows/definitions';
 import type { orchestrateTask } from '../workflows';
-import { mareDataConverter, payloadKeyringFromEnv } from '../workers/payloadCodec';
+import { signApproval } from '../workers/approvalSigning';
+import { EncryptionCodec, mareDataConverter, payloadKeyringFromEnv } from '../workers/payloadCodec';
+import type { Keyring } from '../activities/keyring';
 import { tracingFromEnv } from '../workers/tracing';
 import { dataDir } from '../scripts/stack/datadir';
 
@@ -367,14 +369,23 @@ export class MareClient {
     const view = (await this.approvals(taskId)).find((a) => a.approvalId === decision.approvalId);
     if (!view) throw new ApprovalNotFoundError(taskId, decision.approvalId);
     try {
+      // With a payload keyring, the decision is signed with the approvers' key the workflow verifies.
+      const keyring = this.payloadKeyring();
+      const { signature: _unsigned, ...fields } = decision;
       return await this.client.workflow.getHandle(view.workflowId).executeUpdate(decideApprovalUpdate, {
-        args: [decision],
+        args: [keyring ? signApproval(keyring, fields) : fields],
         updateId: opts.updateId ?? `${decision.approvalId}:${decision.decision}:${randomUUID()}`,
       });
     } catch (err) {
       if (err instanceof WorkflowUpdateFailedError) throw new ApprovalRejectedError(`approval ${decision.approvalId}: ${err.cause?.message ?? err.message}`);
       throw err;
     }
+  }
+
+  /** The payload keyring of this client's data converter, if it encrypts. */
+  private payloadKeyring(): Keyring | undefined {
+    const codec = this.client.options.loadedDataConverter.payloadCodecs.find((c): c is EncryptionCodec => c instanceof EncryptionCodec);
+    return codec?.keyring;
   }
 
   /** Recent tasks, newest first, from Temporal's visibility store. */

@@ -6,6 +6,8 @@ import type { Payload } from '@temporalio/common';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
 import type { Keyring } from '../activities/keyring';
+import type { ApprovalDecision } from '../schemas';
+import { signApproval } from '../workers/approvalSigning';
 import { EncryptionCodec, PayloadIntegrityError, PayloadKeyError } from '../workers/payloadCodec';
 import { authenticate, HttpError, listen, readJson, sendJson, sha256 } from './httpKit';
 
@@ -73,7 +75,7 @@ export function createCodecServer(opts: CodecServerOptions): http.Server {
     const parsed = CodecBody.safeParse(await readJson(req, maxBodyBytes));
     if (!parsed.success) throw new HttpError(400, `invalid request: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ')}`);
     const payloads = parsed.data.payloads.map(fromJson);
-    const out = route[2] === 'encode' ? await codec.encode(payloads) : (await codec.decode(payloads)).map(readableNull);
+    const out = route[2] === 'encode' ? await codec.encode(payloads.map((p) => signedDecision(p, opts.keyring))) : (await codec.decode(payloads)).map(readableNull);
     return reply(res, 200, { payloads: out.map(toJson) }, cors);
   };
 
@@ -99,6 +101,26 @@ export function createCodecServer(opts: CodecServerOptions): http.Server {
       logLine(status);
     });
   });
+}
+
+/**
+ * An approval decision the Web UI sends (Send an Update, `decideApproval`) is signed here with the
+ * approvers' key: holding the codec token is what lets a person approve from the Web UI. `by`
+ * defaults to "web-ui". Any other payload passes unchanged.
+ */
+function signedDecision(payload: Payload, keyring: Keyring): Payload {
+  if (Buffer.from(payload.metadata?.encoding ?? new Uint8Array()).toString() !== 'json/plain') return payload;
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(payload.data ?? new Uint8Array()).toString('utf8'));
+  } catch {
+    return payload;
+  }
+  const d = value as Partial<ApprovalDecision> | null;
+  if (!d || typeof d !== 'object' || typeof d.approvalId !== 'string' || (d.decision !== 'approve' && d.decision !== 'deny') || typeof d.reason !== 'string') return payload;
+  const { signature: _ignored, ...fields } = d as ApprovalDecision;
+  const signed = signApproval(keyring, { ...fields, by: typeof fields.by === 'string' && fields.by ? fields.by : 'web-ui' });
+  return { ...payload, data: Buffer.from(JSON.stringify(signed), 'utf8') };
 }
 
 function reply(res: ServerResponse, status: number, body: unknown, headers: Record<string, string>): number {

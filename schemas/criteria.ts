@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { TokenUsage } from './model';
+import { patternError } from './patterns';
 
 export { describeCriterion } from './describe';
 
@@ -16,7 +17,19 @@ export const WorkspacePath = z
 export const Criterion = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('file_exists'), path: WorkspacePath }),
   z.strictObject({ kind: z.literal('file_contains'), path: WorkspacePath, text: z.string().min(1) }),
-  z.strictObject({ kind: z.literal('file_matches'), path: WorkspacePath, pattern: z.string().min(1) }),
+  z.strictObject({
+    kind: z.literal('file_matches'),
+    path: WorkspacePath,
+    /** RE2 syntax (searched line by line with `^`/`$` at line breaks); matched in linear time. */
+    pattern: z
+      .string()
+      .min(1)
+      .max(1_000)
+      .superRefine((source, ctx) => {
+        const error = patternError(source);
+        if (error) ctx.addIssue({ code: 'custom', message: error });
+      }),
+  }),
   z.strictObject({ kind: z.literal('output_contains'), text: z.string().min(1) }),
   z.strictObject({ kind: z.literal('judged'), rubric: z.string().min(1).max(4000) }),
   /** The final answer (or, with `path`, a workspace file) is JSON that matches a JSON Schema. */

@@ -1,5 +1,6 @@
 import semver from 'semver';
 import { z } from 'zod';
+import { globError, patternError } from './patterns';
 
 /** What a policy says about one call. */
 export type PolicyVerdict = 'allow' | 'deny' | 'escalate';
@@ -54,25 +55,32 @@ const ARG_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
 const NonEmptyString = z.string().min(1);
 
+/** A glob (schemas/patterns.ts: shell syntax, matched in linear time). */
+const Glob = z
+  .string()
+  .min(1)
+  .max(200)
+  .superRefine((g, ctx) => {
+    const error = globError(g);
+    if (error) ctx.addIssue({ code: 'custom', message: error });
+  });
+
 /** A custom message for a wrong value, and "is required" for a missing one. */
 const say = (message: string) => ({ error: (issue: { input?: unknown }) => (issue.input === undefined ? 'is required' : message) });
 
 /** One argument's condition: every field present must match; a missing argument never matches. */
 export const PolicyArgCondition = z
   .strictObject({
-    /** picomatch globs over the argument (non-strings as JSON text); any one matching is enough. */
-    globs: z.array(z.string().min(1).max(200)).min(1).optional(),
-    /** A JavaScript regular expression searched for in the argument (unanchored, no flags). */
+    /** Globs over the argument (non-strings as JSON text); any one matching is enough. */
+    globs: z.array(Glob).min(1).optional(),
+    /** An RE2 regular expression searched for in the argument (unanchored, no flags); matched in linear time. */
     pattern: z
       .string()
       .min(1)
       .max(1_000)
       .superRefine((source, ctx) => {
-        try {
-          new RegExp(source);
-        } catch (err) {
-          ctx.addIssue({ code: 'custom', message: `is not a valid JavaScript regular expression (${(err as Error).message})` });
-        }
+        const error = patternError(source);
+        if (error) ctx.addIssue({ code: 'custom', message: error });
       })
       .optional(),
     /** The argument is exactly this value (same type and value). */
@@ -84,8 +92,8 @@ export type PolicyArgCondition = z.infer<typeof PolicyArgCondition>;
 /** When a rule applies: every field present must match; an empty condition matches every call. */
 export const PolicyCondition = z.strictObject({
   kinds: z.array(z.enum(['tool', 'model'], say('must be "tool" or "model"'))).min(1).optional(),
-  /** picomatch globs over the tool name (`fs.*`) or the model name. */
-  targets: z.array(z.string().min(1).max(200)).min(1).optional(),
+  /** Globs over the tool name (`fs.*`) or the model name. */
+  targets: z.array(Glob).min(1).optional(),
   roles: z.array(NonEmptyString).min(1).optional(),
   tenants: z.array(NonEmptyString).min(1).optional(),
   args: z.record(z.string().regex(ARG_NAME, 'must be an argument name'), PolicyArgCondition).optional(),

@@ -1,5 +1,6 @@
 import semver from 'semver';
 import { z } from 'zod';
+import { globError } from './patterns';
 import { BUILTIN_TOOLS } from './tools';
 
 /**
@@ -24,8 +25,15 @@ const RoleName = z.string().regex(ROLE_NAME, 'must be lower-case letters, digits
 
 const SemVer = z.string().refine((v) => semver.valid(v) === v, 'must be a semantic version such as 1.2.0');
 
-/** A glob pattern: `*` within a path segment, `**` across segments, `?` one character. */
-const Glob = z.string().min(1).max(200);
+/** A glob pattern: `*` within a path segment, `**` across segments, `?` one character (matched in linear time, schemas/patterns.ts). */
+const Glob = z
+  .string()
+  .min(1)
+  .max(200)
+  .superRefine((g, ctx) => {
+    const error = globError(g);
+    if (error) ctx.addIssue({ code: 'custom', message: error });
+  });
 
 const ToolName = z.string().superRefine((s, ctx) => {
   if (/[*?]/.test(s)) ctx.addIssue({ code: 'custom', message: 'wildcard tool grants are not allowed; grant each tool by its exact name' });

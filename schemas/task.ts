@@ -5,6 +5,7 @@ import { DEFAULT_MAX_SUBTASKS } from './plan';
 import type { TokenUsage } from './model';
 import type { RoleSource, RoutedBy } from './role';
 import type { CompensationOutcome, UndoStep } from './tools';
+import type { ApprovalSignature } from './approvalSignature';
 
 /** Task ids double as idempotency keys: the same id never starts a second run. */
 export const TaskId = z
@@ -115,6 +116,8 @@ export interface ApprovalDecision {
   reason: string;
   /** Who decided; recorded with the decision. */
   by?: string;
+  /** The approvers' signature (schemas/approvalSignature.ts); required by runs whose workers have a payload keyring. */
+  signature?: ApprovalSignature;
 }
 
 /** A pending approval as the task shows it: what waits for a person, on what, and why (no arguments). */

@@ -74,7 +74,7 @@ describe('evaluatePolicies: conditions', () => {
     expect(matches({ kinds: ['tool', 'model'] }, call({ kind: 'model' }))).toBe(true);
   });
 
-  test('targets are picomatch globs over the tool or model name, dot files included', () => {
+  test('targets are globs over the tool or model name, dot files included', () => {
     expect(matches({ targets: ['fs.*'] })).toBe(true);
     expect(matches({ targets: ['fs.read', 'fs.write'] })).toBe(true);
     expect(matches({ targets: ['workspace.*'] })).toBe(false);
@@ -99,7 +99,7 @@ describe('evaluatePolicies: conditions', () => {
     expect(matches({ args: { path: { globs: ['docs/**'] } } }, call({ args: { path: 'docs/.env' } }))).toBe(true);
   });
 
-  test('args: pattern is a JavaScript regular expression searched for (unanchored)', () => {
+  test('args: pattern is an RE2 regular expression searched for (unanchored)', () => {
     expect(matches({ args: { path: { pattern: '\\.md$' } } })).toBe(true);
     expect(matches({ args: { path: { pattern: 'guide' } } })).toBe(true);
     expect(matches({ args: { path: { pattern: '^guide' } } })).toBe(false);
@@ -671,7 +671,7 @@ describe('repository, service and bootstrap on PostgreSQL', () => {
     await listening.active();
     expect(listening.stats.misses).toBe(misses); // served from memory
 
-    const loadPolicies = createPolicyActivities({ policies: listening }).loadPolicies;
+    const loadPolicies = createPolicyActivities({ policies: listening, pool: db.pool }).loadPolicies;
 
     await repo.publish(doc('notified', '1.0.0'), who);
     const seenIn = await waitFor(async () => (await activeNames(() => listening.active())).includes('notified@1.0.0'), 1_000);

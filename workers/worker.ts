@@ -21,6 +21,7 @@ import { LogContextInterceptor } from './logContext';
 import { workerTuningFromEnv, type WorkerTuning } from './tuning';
 import { deploymentFromEnv, deploymentOptions } from './versioning';
 import { TRACING_WORKFLOW_INTERCEPTOR_MODULE, tracingFromEnv } from './tracing';
+import { approverPublicKeys } from './approvalSigning';
 import { FAILURE_CONVERTER_PATH, mareDataConverter, payloadKeyringFromEnv } from './payloadCodec';
 import { NondeterminismMonitor, runLookupVia } from './workflowTaskFailures';
 import type { Keyring } from '../activities/keyring';
@@ -94,7 +95,9 @@ export class MareWorker {
  * activity, so one process serving any subset of queues needs no other wiring.
  */
 export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWorker> {
-  const activities = { ...createMcpToolActivities(opts.deps), ...createActivities(opts.deps) };
+  // Runs pin the approvers' keys of this worker's payload keyring: their approvals then need a signature.
+  const deps: ActivityDeps = opts.payloadKeyring && !opts.deps.approverKeys ? { ...opts.deps, approverKeys: approverPublicKeys(opts.payloadKeyring) } : opts.deps;
+  const activities = { ...createMcpToolActivities(deps), ...createActivities(deps) };
   nondeterminism?.useLookup(runLookupVia(opts.connection, opts.namespace ?? 'default'));
   const dataConverter = mareDataConverter(opts.payloadKeyring);
   const optionsFor = (kind: QueueKind): WorkerOptions => {

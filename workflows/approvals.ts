@@ -1,4 +1,5 @@
-import { CancellationScope, condition, getExternalWorkflowHandle, setHandler, sleep, upsertSearchAttributes } from '@temporalio/workflow';
+import { CancellationScope, condition, getExternalWorkflowHandle, log, setHandler, sleep, upsertSearchAttributes } from '@temporalio/workflow';
+import { approvalSignatureError } from '../schemas/approvalSignature';
 import { oneLine, SEARCH_ATTRIBUTES } from '../schemas/constants';
 import type { ApprovalDecision, ApprovalTerms, ApprovalView, PendingApprovalNote, PolicyDecision } from '../schemas';
 import { bookkeeping as store } from './activityProfiles';
@@ -30,6 +31,8 @@ export class ApprovalDesk {
   private readonly abouts = new Map<string, string>();
   private readonly decisions = new Map<string, ApprovalDecision>();
   private seq = 0;
+  /** The approvers' public keys the run pinned; none: decisions need no signature (no payload keyring). */
+  private approvers: Readonly<Record<string, string>> = {};
 
   constructor(
     private readonly ids: { taskId: string; subtaskId: string; workflowId: string; parentWorkflowId?: string },
@@ -45,6 +48,11 @@ export class ApprovalDesk {
       },
       { validator: (d: ApprovalDecision) => this.validate(d) },
     );
+  }
+
+  /** Pins the approvers' keys: from now on a decision counts only when one of them signed it. */
+  requireSignatures(publicKeys: Readonly<Record<string, string>>): void {
+    this.approvers = publicKeys;
   }
 
   /** Every approval so far, for the subtask's result. */
@@ -146,6 +154,14 @@ export class ApprovalDesk {
     const view = this.views.find((v) => v.approvalId === d.approvalId);
     if (!view) throw new Error(`approval ${d.approvalId} does not exist in ${this.ids.workflowId}`);
     if (view.status !== 'pending' || this.decisions.has(d.approvalId)) throw new Error(`approval ${d.approvalId} is not pending (it is ${view.status})`);
+    if (Object.keys(this.approvers).length) {
+      const error = approvalSignatureError(d, this.approvers);
+      if (error) {
+        // Refused without a trace in history; the worker's log keeps the attempt.
+        log.warn('approval decision refused: not signed by an approver', { approvalId: d.approvalId, decision: d.decision, claimedBy: d.by, error });
+        throw new Error(`approval ${d.approvalId}: ${error}`);
+      }
+    }
   }
 }
 

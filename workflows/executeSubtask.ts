@@ -9,6 +9,7 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
+import { hasBlobRefs } from '../schemas/blobRef';
 import { MAX_VERIFY_ATTEMPTS, SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../schemas/constants';
 import { toolCallTarget } from '../schemas/describe';
 import { addUsage, ZERO_USAGE } from '../schemas/usage';
@@ -118,6 +119,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     ]);
     catalog = await store(`pin the tools of ${progress.role}`).toolCatalog({ tools: toolGrants(role).map((g) => g.tool) });
     policies = await store('pin the policies in force').loadPolicies();
+    desk.requireSignatures(await store("pin the approvers' keys").approverKeys());
 
     // Gates: the role's attempts, each verified, then its escalation.
     let throttleCap = loaded.throttleCap;
@@ -371,22 +373,18 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       await store(`record denied call: ${named}`).recordToolDenied({ taskId, subtaskId: subtask.id, callKey, tool: call.name, args: call.args, role: role.name, reason });
       return reply(`Permission denied: ${reason}.`, true);
     };
-    const permission = checkToolCall(role, call, info?.access);
-    if (!permission.allowed) return refuse(permission.reason);
+    const policyInput: Omit<PolicyInput, 'args'> = { kind: 'tool', target: call.name, role: role.name, tenant, estimatedCost: info?.cost ?? 0, sensitivity: call.sensitivity ?? [] };
+    // Long arguments reach history as blob references: their checks run on the full text, in an activity.
+    const mediation = hasBlobRefs(call.args)
+      ? await store(`check the long arguments of ${named}`).mediateToolCall({ role, call, needs: info?.access, policies, input: policyInput })
+      : { permission: checkToolCall(role, call, info?.access), decision: evaluatePolicies(policies, { ...policyInput, args: call.args }) };
+    if (!mediation.permission.allowed) return refuse(mediation.permission.reason);
     if (!info) return refuse(`tool "${call.name}" is not configured on the workers`);
     if (info.access === 'write' && !info.undo && !info.irreversible) {
       return refuse(`tool "${call.name}" changes the world but has no undo configured (and is not marked irreversible)`);
     }
 
-    let decision = evaluatePolicies(policies, {
-      kind: 'tool',
-      target: call.name,
-      args: call.args,
-      role: role.name,
-      tenant,
-      estimatedCost: info.cost,
-      sensitivity: call.sensitivity ?? [],
-    });
+    let decision = mediation.decision;
     if (info.irreversible && decision.decision === 'allow') {
       decision = { ...decision, decision: 'escalate', reason: `"${call.name}" is irreversible: a person approves each call${decision.policy ? ` (${decision.reason})` : ''}` };
     }

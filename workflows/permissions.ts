@@ -1,5 +1,5 @@
-import picomatch from 'picomatch';
 import { BUILTIN_TOOL_ACCESS } from '../schemas/constants';
+import { globMatches } from '../schemas/patterns';
 import type { RoleProfile, ToolCall, ToolGrant } from '../schemas';
 
 /** The decision on one model-requested tool call: allowed, or refused with the reason. */
@@ -32,9 +32,19 @@ export function checkToolCall(role: RoleProfile, call: ToolCall, needs: 'read' |
     }
     // A glob only vouches for a normalised path: `docs/../secret` would match `docs/**`.
     const normalised = !text.split('/').some((seg) => seg === '..' || seg === '.' || seg === '');
-    if (limit.globs && !(normalised && limit.globs.some((glob) => picomatch.isMatch(text, glob, { dot: true })))) {
-      return { allowed: false, reason: `argument "${arg}" of "${call.name}" ("${text}") is outside ${limit.globs.join(', ')} for role "${role.name}"` };
+    if (limit.globs && !(normalised && limit.globs.some((glob) => safeGlob(glob, text)))) {
+      const shown = text.length > 200 ? `${text.slice(0, 200)}… (${text.length} characters)` : text;
+      return { allowed: false, reason: `argument "${arg}" of "${call.name}" ("${shown}") is outside ${limit.globs.join(', ')} for role "${role.name}"` };
     }
   }
   return { allowed: true, grant };
+}
+
+/** A grant glob RE2 cannot run (a profile stored before globs were checked) matches nothing: the call is refused. */
+function safeGlob(glob: string, text: string): boolean {
+  try {
+    return globMatches(glob, text);
+  } catch {
+    return false;
+  }
 }

@@ -1,4 +1,4 @@
-import picomatch from 'picomatch';
+import { globMatches, patternFound, UnsafePatternError } from '../schemas/patterns';
 import type { ApprovalTerms, LoadedPolicy, PolicyArgCondition, PolicyCondition, PolicyDecision, PolicyInput, PolicyRule, PolicyVerdict } from '../schemas/policy';
 
 /** What an escalation waits for when its rule does not say; the same as POLICY_APPROVAL_DEFAULTS in schemas/policy.ts. */
@@ -9,39 +9,13 @@ export const NO_RULE_MATCHED = 'no policy rule matched';
 
 const STRICTNESS: Record<PolicyVerdict, number> = { allow: 0, escalate: 1, deny: 2 };
 
-// Compiled globs and patterns, so a policy set evaluated on every call compiles each once.
-// Bounded: cleared when full (a cache miss only costs a compilation, never a different result).
-const CACHE_LIMIT = 1_000;
-const globs = new Map<string, (text: string) => boolean>();
-const patterns = new Map<string, RegExp>();
-
-function globMatches(glob: string, text: string): boolean {
-  let matcher = globs.get(glob);
-  if (!matcher) {
-    if (globs.size >= CACHE_LIMIT) globs.clear();
-    matcher = picomatch(glob, { dot: true });
-    globs.set(glob, matcher);
-  }
-  return matcher(text);
-}
-
-function patternMatches(source: string, text: string): boolean {
-  let re = patterns.get(source);
-  if (!re) {
-    if (patterns.size >= CACHE_LIMIT) patterns.clear();
-    re = new RegExp(source);
-    patterns.set(source, re);
-  }
-  return re.test(text);
-}
-
 function argMatches(args: Record<string, unknown> | undefined, name: string, cond: PolicyArgCondition): boolean {
   if (!args || !Object.hasOwn(args, name)) return false;
   const value = args[name];
   if (value === undefined) return false;
   const text = typeof value === 'string' ? value : JSON.stringify(value);
   if (cond.globs && !cond.globs.some((g) => globMatches(g, text))) return false;
-  if (cond.pattern !== undefined && !patternMatches(cond.pattern, text)) return false;
+  if (cond.pattern !== undefined && !patternFound(cond.pattern, text)) return false;
   if (cond.equals !== undefined && value !== cond.equals) return false;
   return true;
 }
@@ -58,6 +32,19 @@ export function conditionMatches(when: PolicyCondition, input: PolicyInput): boo
     if (!argMatches(input.args, name, cond)) return false;
   }
   return true;
+}
+
+/**
+ * Whether a rule applies. A pattern RE2 cannot run (a policy stored before patterns were checked
+ * for linear time) fails closed: a deny or escalate rule applies, an allow rule does not.
+ */
+function ruleApplies(rule: PolicyRule, input: PolicyInput): boolean {
+  try {
+    return conditionMatches(rule.when, input);
+  } catch (err) {
+    if (err instanceof UnsafePatternError) return rule.decision !== 'allow';
+    throw err;
+  }
 }
 
 function decisionOf(policy: LoadedPolicy, rule: PolicyRule): PolicyDecision {
@@ -88,7 +75,7 @@ export function evaluatePolicies(policies: readonly LoadedPolicy[], input: Polic
   const ordered = [...policies].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   let best: PolicyDecision | undefined;
   for (const policy of ordered) {
-    const rule = policy.document.rules.find((r) => conditionMatches(r.when, input));
+    const rule = policy.document.rules.find((r) => ruleApplies(r, input));
     if (!rule) continue;
     if (!best || STRICTNESS[rule.decision] > STRICTNESS[best.decision]) best = decisionOf(policy, rule);
     if (best.decision === 'deny') break;

@@ -1,12 +1,52 @@
-import type { LoadedPolicy } from '../../schemas/policy';
+import type { Pool } from 'pg';
+import type { RoleProfile, ToolCall } from '../../schemas';
+import type { LoadedPolicy, PolicyDecision, PolicyInput } from '../../schemas/policy';
+import { checkToolCall, type Permission } from '../../workflows/permissions';
+import { evaluatePolicies } from '../../workflows/policy';
+import { expandArgs } from '../blobRefs';
 import type { PolicyService } from './service';
 
+/** A tool call whose arguments hold blob references, with what its checks need. */
+export interface MediationInput {
+  role: RoleProfile;
+  call: ToolCall;
+  /** The access the tool needs (from the pinned catalog); undefined for a tool not configured. */
+  needs?: 'read' | 'write';
+  /** The policies pinned by the run. */
+  policies: LoadedPolicy[];
+  /** The policy input without the arguments (they are expanded here). */
+  input: Omit<PolicyInput, 'args'>;
+}
+
+/** The grant check and the policies' decision on a call's full arguments. */
+export interface Mediation {
+  permission: Permission;
+  decision: PolicyDecision;
+}
+
 /** Policy activities: the set a workflow pins and evaluates every call against (workflows/policy.ts). */
-export function createPolicyActivities({ policies }: { policies: PolicyService }) {
+export function createPolicyActivities({ policies, pool, approverKeys }: { policies: PolicyService; pool: Pool; approverKeys?: Record<string, string> }) {
   return {
     /** The policies in force now (latest version of every enabled policy, by name). */
     async loadPolicies(): Promise<LoadedPolicy[]> {
       return policies.active();
+    },
+
+    /**
+     * The approvers' public keys (derived from the workers' payload keyring, workers/approvalSigning.ts)
+     * a run pins: its approvals then count only when signed. None without a payload keyring.
+     */
+    async approverKeys(): Promise<Record<string, string>> {
+      return approverKeys ?? {};
+    },
+
+    /**
+     * Complete mediation of a call with long arguments: the same pure checks the workflow runs on
+     * short ones (grant limits, policy conditions), on the full text its blob references stand for.
+     */
+    async mediateToolCall({ role, call, needs, policies: pinned, input }: MediationInput): Promise<Mediation> {
+      const args = (await expandArgs(pool, call.args)) as Record<string, unknown>;
+      return { permission: checkToolCall(role, { ...call, args }, needs), decision: evaluatePolicies(pinned, { ...input, args }) };
     },
   };
 }

@@ -1,9 +1,9 @@
 import type { Pool, PoolClient } from 'pg';
-import picomatch from 'picomatch';
 import semver from 'semver';
 import type { RoleProfile, RoleProfileSource } from '../../schemas';
 import { open, RoleIntegrityError, seal, UnknownRoleKeyError, type RoleKeyring } from './crypto';
 import { parseRoleSource, resolveRoleProfile, roleChecksum, splitRoleRef, type ParentLookup } from './validate';
+import { globMatches } from '../../schemas/patterns';
 
 /** Who does a change, and why: every change writes one append-only audit row with both. */
 export interface Actor {
@@ -165,7 +165,7 @@ export class RoleRepository {
   async list(filter: RoleListFilter = {}, onUnreadable?: (role: RoleVersionInfo, err: RoleIntegrityError | UnknownRoleKeyError) => void): Promise<StoredRole[]> {
     const where = filter.allVersions ? '' : 'WHERE v.version = h.latest';
     const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} ${where}`);
-    const nameMatches = filter.name ? picomatch(filter.name) : () => true;
+    const nameMatches = filter.name ? (name: string) => globMatches(filter.name!, name) : () => true;
     // A deprecated latest is still the role's latest: it is listed (flagged), not hidden.
     const roles = rows
       .filter((r) => nameMatches(r.name) && (filter.includeDeprecated || !r.deprecated_at || !filter.allVersions))

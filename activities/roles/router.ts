@@ -1,6 +1,6 @@
-import picomatch from 'picomatch';
 import { DEFAULT_ROLE, type RoutedBy } from '../../schemas';
 import type { RoleCandidate } from './service';
+import { globMatches } from '../../schemas/patterns';
 
 /** Why the planner's role cannot be used, if it cannot. */
 export type Unavailability = 'unknown' | 'deprecated' | 'suspended';
@@ -38,8 +38,17 @@ export function routeSubtask(input: { requested: string; title: string; candidat
   const title = input.title.toLowerCase();
   for (const candidate of [...input.candidates].sort((a, b) => a.name.localeCompare(b.name))) {
     if (candidate.name === input.requested || availability(candidate) || candidate.unreadable) continue;
-    const pattern = candidate.handles.find((p) => picomatch.isMatch(title, p.toLowerCase(), { bash: true, dot: true }));
+    const pattern = candidate.handles.find((p) => handles(p, title));
     if (pattern) return { name: candidate.name, routedBy: 'handles', reason: `${problem}; routed to "${candidate.name}" by its handles pattern "${pattern}"` };
   }
   return { name: DEFAULT_ROLE, routedBy: 'default', reason: `${problem}; using the default "${DEFAULT_ROLE}"` };
+}
+
+/** Whether a handles glob matches a title (`*` spans anything); a glob RE2 cannot run matches nothing. */
+function handles(glob: string, title: string): boolean {
+  try {
+    return globMatches(glob.toLowerCase(), title, { crossSlashes: true });
+  } catch {
+    return false;
+  }
 }
