@@ -188,7 +188,7 @@ test('a bad file is refused with every field named and exit code 2, and nothing 
     expect.arrayContaining([
       '  owner: unknown field',
       expect.stringMatching(/^ {2}rules\[0\]\.id: must be lower-case letters/),
-      expect.stringMatching(/^ {2}rules\[0\]\.when\.args\.url\.pattern: is not a valid JavaScript regular expression/),
+      expect.stringMatching(/^ {2}rules\[0\]\.when\.args\.url\.pattern: ".*" is not a pattern MARE can run in linear time/),
       '  rules[0].when.minEstimatedCost: must be at least 0',
       '  rules[1].reason: must not be empty',
     ]),

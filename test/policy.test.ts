@@ -242,7 +242,7 @@ describe('evaluatePolicies: decisions', () => {
     const set = [
       policy('cost', [rule('expensive', { minEstimatedCost: 1 }, 'escalate', { approval: { timeoutSeconds: 120 } })]),
       policy('secrets', [rule('no-secrets', { sensitivity: ['secret'] }, 'deny')]),
-      policy('paths', [rule('outside-docs', { args: { path: { pattern: '^(?!docs/)' } } }, 'deny'), rule('docs-ok', {}, 'allow')]),
+      policy('paths', [rule('outside-docs', { args: { path: { globs: ['!docs/**'] } } }, 'deny'), rule('docs-ok', {}, 'allow')]),
       policy('models', [rule('no-gpt', { kinds: ['model'], targets: ['openai:*'] }, 'escalate')]),
     ];
     const inputs = [
@@ -270,11 +270,13 @@ describe('evaluatePolicies: decisions', () => {
     expect(set).toEqual(frozen);
   });
 
-  test('workflow code imports only types from the schemas (no zod in the workflow bundle)', () => {
+  test('workflow code imports no zod: only types from the schemas, and the zod-free pattern engine', () => {
     const source = readFileSync(path.join(__dirname, '..', 'workflows', 'policy.ts'), 'utf8');
     const imports = source.split('\n').filter((l) => l.startsWith('import '));
-    expect(imports.filter((l) => /schemas|zod/.test(l)).every((l) => l.startsWith('import type '))).toBe(true);
-    expect(imports.filter((l) => !l.startsWith('import type ')).map((l) => /from '([^']+)'/.exec(l)?.[1])).toEqual(['picomatch']);
+    // The only value import is the zod-free pattern engine (RE2 in pure JavaScript).
+    expect(imports.filter((l) => /zod/.test(l))).toEqual([]);
+    expect(imports.filter((l) => !l.startsWith('import type ')).map((l) => /from '([^']+)'/.exec(l)?.[1])).toEqual(['../schemas/patterns']);
+    expect(readFileSync(path.join(__dirname, '..', 'schemas', 'patterns.ts'), 'utf8')).not.toMatch(/from 'zod'/);
   });
 });
 
@@ -334,7 +336,7 @@ describe('policy documents: schema', () => {
     ['missing name', { ...valid(), name: undefined }, 'name', /is required/],
     ['schema version 2', { ...valid(), schemaVersion: 2 }, 'schemaVersion', /unsupported schema version/],
     ['missing schema version', { ...valid(), schemaVersion: undefined }, 'schemaVersion', /is required/],
-    ['bad regex', withWhen({ args: { amount: { pattern: '([0-9]+' } } }), 'rules[0].when.args.amount.pattern', /not a valid JavaScript regular expression/],
+    ['bad regex', withWhen({ args: { amount: { pattern: '([0-9]+' } } }), 'rules[0].when.args.amount.pattern', /is not a pattern MARE can run in linear time/],
     ['bad regex quantifier', withWhen({ args: { amount: { pattern: '*' } } }), 'rules[0].when.args.amount.pattern', /regular expression/],
     ['approval on a deny rule', withRule({ decision: 'deny' }), 'rules[0].approval', /only an "escalate" rule/],
     ['approval on an allow rule', withRule({ decision: 'allow' }), 'rules[0].approval', /this rule says "allow"/],
