@@ -1,19 +1,20 @@
 import type { Pool } from 'pg';
 import { z } from 'zod';
 import { TOOL_OUTPUT_HISTORY_LIMIT, type ChatMessage, type ToolCall } from '../schemas';
-import { putBlob } from './store';
+import type { AtRest } from './atRest';
+import { loadBlob, putBlob } from './store';
 
 /** How a large string travels through workflow history: its digest, with the content in `blobs`. */
 export const BlobRef = z.strictObject({ $blob: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int() });
 export type BlobRef = z.infer<typeof BlobRef>;
 
 /** Replaces long string arguments of tool calls with blob references (content goes to PostgreSQL). */
-export async function compactToolCalls(pool: Pool, calls: ToolCall[]): Promise<ToolCall[]> {
+export async function compactToolCalls(pool: Pool, calls: ToolCall[], atRest: AtRest): Promise<ToolCall[]> {
   return Promise.all(
     calls.map(async (call) => {
       const args: Record<string, unknown> = {};
       for (const [key, value] of Object.entries(call.args)) {
-        args[key] = typeof value === 'string' && value.length > TOOL_OUTPUT_HISTORY_LIMIT ? ({ $blob: await putBlob(pool, value), size: value.length } satisfies BlobRef) : value;
+        args[key] = typeof value === 'string' && value.length > TOOL_OUTPUT_HISTORY_LIMIT ? ({ $blob: await putBlob(pool, value, atRest), size: value.length } satisfies BlobRef) : value;
       }
       return { ...call, args };
     }),
@@ -21,29 +22,23 @@ export async function compactToolCalls(pool: Pool, calls: ToolCall[]): Promise<T
 }
 
 /** Puts the content back in place of blob references, for a tool or a model that needs it. */
-export async function expandArgs(pool: Pool, args: unknown): Promise<unknown> {
+export async function expandArgs(pool: Pool, args: unknown, atRest: AtRest): Promise<unknown> {
   if (!args || typeof args !== 'object' || Array.isArray(args)) return args;
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(args as Record<string, unknown>)) {
     const ref = BlobRef.safeParse(value);
-    out[key] = ref.success ? await loadBlob(pool, ref.data.$blob) : value;
+    out[key] = ref.success ? await loadBlob(pool, ref.data.$blob, atRest) : value;
   }
   return out;
 }
 
 /** Expands the blob references in a transcript's tool calls before it is sent to a model. */
-export async function expandMessages(pool: Pool, messages: ChatMessage[]): Promise<ChatMessage[]> {
+export async function expandMessages(pool: Pool, messages: ChatMessage[], atRest: AtRest): Promise<ChatMessage[]> {
   return Promise.all(
     messages.map(async (m) =>
       m.role === 'assistant' && m.toolCalls?.length
-        ? { ...m, toolCalls: await Promise.all(m.toolCalls.map(async (c) => ({ ...c, args: (await expandArgs(pool, c.args)) as Record<string, unknown> }))) }
+        ? { ...m, toolCalls: await Promise.all(m.toolCalls.map(async (c) => ({ ...c, args: (await expandArgs(pool, c.args, atRest)) as Record<string, unknown> }))) }
         : m,
     ),
   );
-}
-
-async function loadBlob(pool: Pool, hash: string): Promise<string> {
-  const { rows } = await pool.query<{ content: string }>('SELECT content FROM blobs WHERE hash = $1', [hash]);
-  if (!rows[0]) throw new Error(`blob ${hash} is missing from the blobs table`);
-  return rows[0].content;
 }
