@@ -99,7 +99,7 @@ test('a canary in the goal, a workspace file, the environment, a role prompt and
   writeFileSync(ws('leak', 'big.txt'), plantedBig);
   // Own input 1: a role whose prompt holds the canary (the prompt reaches the transcript).
   await stack.roles.repository.publish(
-    { name: 'keeper', version: '1.0.0', description: 'Keeps the keys.', systemPrompt: `You guard the vault; its combination is ${CANARY}.`, tools: ['workspace.read', 'workspace.write'] },
+    { name: 'keeper', version: '1.0.0', description: 'Keeps the keys.', systemPrompt: `You guard the vault; its combination is ${CANARY}.`, tools: [{ tool: 'workspace.read', access: 'read' }, { tool: 'workspace.write', access: 'write' }] },
     { actor: 'test' },
   );
   const script: ScriptInput = {
