@@ -9,7 +9,7 @@ const PATCH_MESSAGE = 'Version decisions happen at the start of a run only: add 
 
 module.exports = tseslint.config(
   // test/fixtures/*.js are plain Node scripts run as child processes against dist/ (no TypeScript project).
-  { ignores: ['dist/', 'node_modules/', '.mare/', 'coverage/', 'eslint.config.js', 'jest.config.js', 'jest.faults.config.js', 'test/fixtures/*.js'] },
+  { ignores: ['dist/', 'node_modules/', '.mare/', 'coverage/', 'eslint.config.js', 'jest.config.js', 'jest.faults.config.js', 'jest.security.config.js', 'test/fixtures/*.js'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -1,21 +1,23 @@
 import type { Pool } from 'pg';
 import { isBlobRef, looksLikeBlobRef, type BlobRef } from '../schemas/blobRef';
 import { TOOL_OUTPUT_HISTORY_LIMIT, type ChatMessage, type ToolCall } from '../schemas';
-import { putBlob } from './store';
+import type { AtRest } from './atRest';
+import { loadBlob, putBlob } from './store';
 
 /**
  * Replaces long arguments of the tool calls a model just wrote with blob references (content goes
- * to PostgreSQL); non-strings whose JSON is long travel as their JSON text. A value the model wrote
- * in the shape of a reference becomes its JSON text: only references made here are ever expanded.
+ * to PostgreSQL, sealed by `atRest`); non-strings whose JSON is long travel as their JSON text. A
+ * value the model wrote in the shape of a reference becomes its JSON text: only references made
+ * here are ever expanded.
  */
-export async function compactToolCalls(pool: Pool, calls: ToolCall[]): Promise<ToolCall[]> {
+export async function compactToolCalls(pool: Pool, calls: ToolCall[], atRest: AtRest): Promise<ToolCall[]> {
   return Promise.all(
     calls.map(async (call) => {
       const args: Record<string, unknown> = {};
       for (const [key, value] of Object.entries(call.args)) {
         const text = typeof value === 'string' ? value : JSON.stringify(value ?? null);
         if (text.length > TOOL_OUTPUT_HISTORY_LIMIT) {
-          args[key] = { $blob: await putBlob(pool, text), size: text.length, ...(typeof value === 'string' ? {} : { json: true as const }) } satisfies BlobRef;
+          args[key] = { $blob: await putBlob(pool, text, atRest), size: text.length, ...(typeof value === 'string' ? {} : { json: true as const }) } satisfies BlobRef;
         } else {
           args[key] = looksLikeBlobRef(value) ? text : value;
         }
@@ -26,7 +28,7 @@ export async function compactToolCalls(pool: Pool, calls: ToolCall[]): Promise<T
 }
 
 /** Puts the content back in place of blob references, for a tool, a check or a model that needs it. */
-export async function expandArgs(pool: Pool, args: unknown): Promise<unknown> {
+export async function expandArgs(pool: Pool, args: unknown, atRest: AtRest): Promise<unknown> {
   if (!args || typeof args !== 'object' || Array.isArray(args)) return args;
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(args as Record<string, unknown>)) {
@@ -34,25 +36,19 @@ export async function expandArgs(pool: Pool, args: unknown): Promise<unknown> {
       out[key] = value;
       continue;
     }
-    const content = await loadBlob(pool, value.$blob);
+    const content = await loadBlob(pool, value.$blob, atRest);
     out[key] = value.json ? JSON.parse(content) : content;
   }
   return out;
 }
 
 /** Expands the blob references in a transcript's tool calls before it is sent to a model. */
-export async function expandMessages(pool: Pool, messages: ChatMessage[]): Promise<ChatMessage[]> {
+export async function expandMessages(pool: Pool, messages: ChatMessage[], atRest: AtRest): Promise<ChatMessage[]> {
   return Promise.all(
     messages.map(async (m) =>
       m.role === 'assistant' && m.toolCalls?.length
-        ? { ...m, toolCalls: await Promise.all(m.toolCalls.map(async (c) => ({ ...c, args: (await expandArgs(pool, c.args)) as Record<string, unknown> }))) }
+        ? { ...m, toolCalls: await Promise.all(m.toolCalls.map(async (c) => ({ ...c, args: (await expandArgs(pool, c.args, atRest)) as Record<string, unknown> }))) }
         : m,
     ),
   );
-}
-
-async function loadBlob(pool: Pool, hash: string): Promise<string> {
-  const { rows } = await pool.query<{ content: string }>('SELECT content FROM blobs WHERE hash = $1', [hash]);
-  if (!rows[0]) throw new Error(`blob ${hash} is missing from the blobs table`);
-  return rows[0].content;
 }

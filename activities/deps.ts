@@ -1,5 +1,6 @@
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
+import type { AtRest } from './atRest';
 import type { ModelClient } from './model';
 import type { PolicyService } from './policy/service';
 import type { RoleService } from './roles/service';
@@ -20,6 +21,11 @@ export interface ActivityDeps {
   policies: PolicyService;
   /** Redacts known secrets from what is logged, audited and recorded. */
   redactor: Redactor;
+  /**
+   * Seals content MARE reads back (transcripts, blobs, tool results, snapshots) under the payload
+   * keyring; the worker wires it from its payload keyring. Absent: that content is redacted instead.
+   */
+  atRest?: AtRest;
   logger: Logger;
   /** The approvers' public keys (key id → hex Ed25519), from the payload keyring; absent: approvals need no signature. */
   approverKeys?: Record<string, string>;

@@ -3,8 +3,10 @@ import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
 import type { Pool } from 'pg';
 import { subtaskWorkflowId, TASK_SCOPE, type ToolResult } from '../schemas';
+import type { AtRest } from './atRest';
 import { sha256 } from './idempotency';
 import type { Redactor } from './secrets';
+import { loadBlob } from './store';
 import { resolveInWorkspace } from './workspace';
 
 /** A tool call the verifier may rely on, with the digest of its output. */
@@ -46,30 +48,34 @@ function callKeyPattern(taskId: string, subtaskId: string, attempt: number): str
 }
 
 
-/** The tool calls that ran (not denied) in an attempt, oldest first, with output digests. */
-export async function toolOutputsOf(pool: Pool, taskId: string, subtaskId: string, attempt: number): Promise<ToolOutputEvidence[]> {
+/** The tool calls that ran (not denied) in an attempt, oldest first, with output digests (results and blobs opened). */
+export async function toolOutputsOf(pool: Pool, taskId: string, subtaskId: string, attempt: number, atRest: AtRest): Promise<ToolOutputEvidence[]> {
   const pattern = callKeyPattern(taskId, subtaskId, attempt);
-  const { rows } = await pool.query<{ call_key: string; tool: string; status: string; result: ToolResult | null; content: string | null }>(
-    `SELECT c.call_key, c.tool, c.status, c.result, b.content
-       FROM tool_calls c LEFT JOIN blobs b ON b.hash = c.result->>'contentRef'
+  const { rows } = await pool.query<{ call_key: string; tool: string; status: string; result: unknown }>(
+    `SELECT c.call_key, c.tool, c.status, c.result FROM tool_calls c
       WHERE c.task_id = $1 AND c.status <> 'denied' ${pattern ? 'AND c.call_key LIKE $2' : ''}
       ORDER BY c.created_at, c.call_key`,
     pattern ? [taskId, pattern] : [taskId],
   );
-  return rows.map((r) => {
-    const text = r.content ?? r.result?.content ?? '';
+  const out: ToolOutputEvidence[] = [];
+  for (const r of rows) {
+    const result = r.result === null ? null : atRest.openJson<ToolResult>(r.result);
+    const full = result?.contentRef ? await loadBlob(pool, result.contentRef, atRest).catch(() => null) : null;
+    const text = full ?? result?.content ?? '';
     let json: unknown;
     try {
       json = JSON.parse(text) as unknown;
     } catch {
       json = undefined;
     }
-    return { callKey: r.call_key, tool: r.tool, status: r.status, digest: sha256(text), ...(json !== undefined ? { json } : {}) };
-  });
+    out.push({ callKey: r.call_key, tool: r.tool, status: r.status, digest: sha256(text), ...(json !== undefined ? { json } : {}) });
+  }
+  return out;
 }
 
 /** Files the built-in write tool changed in an attempt, as unified diffs (capped) against their snapshots. */
-export async function fileChangesOf(pool: Pool, workspace: string, taskId: string, subtaskId: string, attempt: number, redactor: Redactor): Promise<FileChangeEvidence[]> {
+export async function fileChangesOf(pool: Pool, workspace: string, taskId: string, subtaskId: string, attempt: number, atRest: AtRest): Promise<FileChangeEvidence[]> {
+  const { redactor } = atRest;
   const pattern = callKeyPattern(taskId, subtaskId, attempt);
   const { rows } = await pool.query<{ path: string; existed: boolean; content: string | null }>(
     `SELECT DISTINCT ON (path) path, existed, content FROM workspace_snapshots
@@ -81,7 +87,7 @@ export async function fileChangesOf(pool: Pool, workspace: string, taskId: strin
     const now = await resolveInWorkspace(workspace, r.path)
       .then((abs) => readFile(abs, 'utf8'))
       .catch(() => '');
-    const diff = createTwoFilesPatch(`a/${r.path}`, `b/${r.path}`, r.content ?? '', now, '', '', { context: 2 });
+    const diff = createTwoFilesPatch(`a/${r.path}`, `b/${r.path}`, atRest.openNullable(r.content) ?? '', now, '', '', { context: 2 });
     out.push({ path: r.path, existed: r.existed, diff: redactor.redact(diff.length > DIFF_LIMIT ? `${diff.slice(0, DIFF_LIMIT)}\n[diff truncated: ${diff.length} characters]` : diff) });
   }
   return out;

@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
 import type { ChatMessage, ModelRequest, ModelResponse } from '../schemas';
+import { atRestOf, type AtRest } from './atRest';
 import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
@@ -21,14 +22,15 @@ const HEARTBEAT_EVERY_MS = 5_000;
  * activity (the verifier judges each criterion), so a retry never records a call twice.
  */
 export async function callModelWithHeartbeat(
-  deps: Pick<ActivityDeps, 'model' | 'pool' | 'policies' | 'redactor' | 'tools'>,
+  deps: Pick<ActivityDeps, 'model' | 'pool' | 'policies' | 'redactor' | 'tools' | 'atRest'>,
   req: ModelRequest & { goal?: string; toolSpecs?: ToolDescriptor[] },
   callIndex = 0,
 ): Promise<ModelResponse> {
   const ctx = Context.current();
   await checkSystemModelCall(deps, req, `${activityKey()}:${callIndex}`);
   const { model, pool } = deps;
-  const messages = await expandMessages(pool, req.transcript ? await appendTranscript(pool, req.transcript, req.messages) : req.messages);
+  const atRest = atRestOf(deps);
+  const messages = await expandMessages(pool, req.transcript ? await appendTranscript(pool, atRest, req.transcript, req.messages) : req.messages, atRest);
   const timer = setInterval(() => ctx.heartbeat(), HEARTBEAT_EVERY_MS);
   let response: ModelResponse;
   try {
@@ -59,17 +61,17 @@ export async function callModelWithHeartbeat(
 }
 
 /**
- * Stores the new messages of a transcript at their positions (a retry writes the same rows, so it
- * is a no-op) and returns the transcript up to and including them.
+ * Stores the new messages of a transcript at their positions, sealed (a retry writes the same rows,
+ * so it is a no-op) and returns the transcript up to and including them, opened.
  */
-async function appendTranscript(pool: Pool, transcript: { id: string; offset: number }, added: ChatMessage[]): Promise<ChatMessage[]> {
+async function appendTranscript(pool: Pool, atRest: AtRest, transcript: { id: string; offset: number }, added: ChatMessage[]): Promise<ChatMessage[]> {
   for (const [i, message] of added.entries()) {
     await pool.query(
       'INSERT INTO transcript_messages (transcript_id, seq, message) VALUES ($1, $2, $3) ON CONFLICT (transcript_id, seq) DO NOTHING',
-      [transcript.id, transcript.offset + i, JSON.stringify(message)],
+      [transcript.id, transcript.offset + i, atRest.sealJson(message)],
     );
   }
-  const { rows } = await pool.query<{ message: ChatMessage }>(
+  const { rows } = await pool.query<{ message: unknown }>(
     'SELECT message FROM transcript_messages WHERE transcript_id = $1 AND seq < $2 ORDER BY seq',
     [transcript.id, transcript.offset + added.length],
   );
@@ -79,7 +81,7 @@ async function appendTranscript(pool: Pool, transcript: { id: string; offset: nu
       'TranscriptIncomplete',
     );
   }
-  return rows.map((r) => r.message);
+  return rows.map((r) => atRest.openJson<ChatMessage>(r.message));
 }
 
 /** The agent loop's model call. Long tool-call arguments (file contents) go back to history as blob references. */
@@ -104,7 +106,7 @@ export function createModelActivities(deps: ActivityDeps) {
         const sensitivity = detectSensitivity(call.args, deps.redactor);
         return sensitivity.length ? { ...call, sensitivity } : call;
       });
-      return { ...response, calls: await compactToolCalls(deps.pool, calls) };
+      return { ...response, calls: await compactToolCalls(deps.pool, calls, atRestOf(deps)) };
     },
   };
 }

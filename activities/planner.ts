@@ -47,12 +47,12 @@ export function createPlannerActivities(deps: ActivityDeps) {
         : { plan: atomicPlan(input.goal, DEFAULT_ROLE), fallbackReason: checked.reason, usage: response.usage, model: response.model };
       await deps.pool.query('UPDATE tasks SET plan = $2, plan_fallback_reason = $3, updated_at = now() WHERE task_id = $1', [
         input.taskId,
-        JSON.stringify(result.plan),
-        result.fallbackReason ?? null,
+        JSON.stringify(deps.redactor.redactDeep(result.plan)),
+        result.fallbackReason === undefined ? null : deps.redactor.redact(result.fallbackReason),
       ]);
       await audit(deps.pool, input.taskId, 'task.planned', {
         subtasks: result.plan.subtasks.map((s) => s.id),
-        fallbackReason: result.fallbackReason,
+        fallbackReason: result.fallbackReason === undefined ? undefined : deps.redactor.redact(result.fallbackReason),
         model: response.model,
         offline: response.offline,
       });

@@ -5,17 +5,28 @@ import { TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDe
 import type { ActivityDeps } from './deps';
 import { activityKey, sha256 } from './idempotency';
 import { recordApprovalMetric } from './metrics';
+import type { AtRest } from './atRest';
 import type { Redactor } from './secrets';
 
-/** Stores content once under its sha256 and returns the digest. */
-export async function putBlob(pool: Pool, content: string): Promise<string> {
+/**
+ * Stores content once under the sha256 of its plaintext and returns the digest. The content is
+ * sealed under the payload keyring (redacted without one): use `loadBlob` to read it back.
+ */
+export async function putBlob(pool: Pool, content: string, atRest: AtRest): Promise<string> {
   const hash = sha256(content);
   await pool.query('INSERT INTO blobs (hash, content, size) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING', [
     hash,
-    content,
+    atRest.sealText(content),
     Buffer.byteLength(content),
   ]);
   return hash;
+}
+
+/** The content `putBlob` stored under a digest, opened; a typed BlobMissing failure when there is none. */
+export async function loadBlob(pool: Pool, hash: string, atRest: AtRest): Promise<string> {
+  const { rows } = await pool.query<{ content: string }>('SELECT content FROM blobs WHERE hash = $1', [hash]);
+  if (!rows[0]) throw ApplicationFailure.nonRetryable(`blob ${hash} is missing from the blobs table`, 'BlobMissing');
+  return atRest.openText(rows[0].content);
 }
 
 /** Appends an audit event at most once per activity execution (retries reuse the key). */
@@ -58,7 +69,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
     await pool.query(
       `INSERT INTO tasks (task_id, workflow_id, goal, tenant, status) VALUES ($1, $2, $3, $4, 'RUNNING')
        ON CONFLICT (task_id) DO NOTHING`,
-      [input.taskId, input.workflowId, input.goal, input.tenant],
+      [input.taskId, input.workflowId, redactor.redact(input.goal), input.tenant],
     );
     await audit(pool, input.taskId, 'task.started', { goal: redactor.redact(input.goal), tenant: input.tenant });
   }
@@ -89,8 +100,8 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
       reason?: string;
     }): Promise<void> {
       const reason = redactor.redact(input.reason ?? `role ${input.role} has no grant for ${input.tool}`);
-      // The logger redacts secrets itself; operators see what was refused and with which arguments.
-      logger.info({ taskId: input.taskId, subtaskId: input.subtaskId, tool: input.tool, args: input.args, reason: input.reason }, 'tool call denied');
+      // Never the arguments: a call is often denied because they hold a secret (tool_calls keeps them redacted).
+      logger.info({ taskId: input.taskId, subtaskId: input.subtaskId, callKey: input.callKey, tool: input.tool, role: input.role, reason }, 'tool call denied');
       await pool.query(
         `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail)
          VALUES ($1, $2, $3, $4, $5, 'denied', $6) ON CONFLICT (call_key) DO NOTHING`,
@@ -146,13 +157,13 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
           result.status,
           result.attempts,
           result.score,
-          result.output,
+          redactor.redact(result.output),
           result.evidenceIds,
           JSON.stringify(result.usage),
-          result.error ?? null,
+          result.error == null ? null : redactor.redact(result.error),
           result.roleRequested ?? null,
           result.roleRoutedBy ?? null,
-          result.roleFallbackReason ?? null,
+          result.roleFallbackReason == null ? null : redactor.redact(result.roleFallbackReason),
           result.roleSource ?? null,
           result.roleChecksum ?? null,
           result.contextDigests ?? null,
@@ -173,13 +184,15 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
         await pool.query(
           `INSERT INTO compensations (task_id, seq, call_key, subtask_id, tool, ok, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (task_id, call_key) DO UPDATE SET seq = EXCLUDED.seq, ok = EXCLUDED.ok, detail = EXCLUDED.detail`,
-          [taskId, seq, o.step.callKey, o.step.subtaskId, o.step.tool, o.ok, o.detail],
+          [taskId, seq, o.step.callKey, o.step.subtaskId, o.step.tool, o.ok, redactor.redact(o.detail)],
         );
       }
       await audit(pool, taskId, 'task.compensated', { steps: outcomes.length, failed: outcomes.filter((o) => !o.ok).length });
     },
 
-    async recordTaskFinished({ result }: { result: TaskResult }): Promise<void> {
+    async recordTaskFinished({ result: raw }: { result: TaskResult }): Promise<void> {
+      // Display only: the task's result is read from Temporal; the row is for people and reports.
+      const result = redactor.redactDeep(raw);
       await pool.query(
         `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, evidence_id = $6, updated_at = now() WHERE task_id = $1`,
         [result.taskId, result.status, JSON.stringify(result), JSON.stringify(result.plan), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],

@@ -7,6 +7,7 @@ import type { ActivityDeps } from './deps';
 import { canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 import { recordVerificationMetrics } from './metrics';
+import { atRestOf } from './atRest';
 import { audit } from './store';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
@@ -123,7 +124,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
         return verdict(false, `${c.path ?? 'the final answer'} does not match the schema: ${ajv.errorsText(validate.errors, { separator: '; ' })}`);
       }
       case 'tool_result_field': {
-        spend.toolOutputs ??= await toolOutputsOf(pool, input.taskId, input.subtaskId, input.attempt);
+        spend.toolOutputs ??= await toolOutputsOf(pool, input.taskId, input.subtaskId, input.attempt, atRestOf(deps));
         const calls = spend.toolOutputs.filter((t) => t.tool === c.tool && t.status === 'ok');
         if (!calls.length) return verdict(false, `no successful ${c.tool} call in this attempt`);
         for (const call of calls) {
@@ -164,22 +165,23 @@ export function createVerifyActivities(deps: ActivityDeps) {
           ? failedOnes.map((r) => `${describeCriterion(r.criterion)}: ${r.detail}`).join('; ')
           : `composite score ${score.toFixed(2)} is below the role's threshold ${input.threshold}`;
       // The evidence bundle: what was checked and what each check relied on, content-addressed.
-      spend.toolOutputs ??= await toolOutputsOf(pool, input.taskId, input.subtaskId, input.attempt);
-      const evidence = {
+      spend.toolOutputs ??= await toolOutputsOf(pool, input.taskId, input.subtaskId, input.attempt, atRestOf(deps));
+      // Display only (people and reports read it): redacted before it is hashed and stored.
+      const evidence = deps.redactor.redactDeep({
         taskId: input.taskId,
         subtaskId: input.subtaskId,
         attempt: input.attempt,
         outputDigest: sha256(input.output),
         fileDigests: files,
         toolOutputs: spend.toolOutputs.map(({ callKey, tool, status, digest }) => ({ callKey, tool, status, digest, reliedOn: spend.reliedOn.has(digest) })),
-        filesChanged: await fileChangesOf(pool, taskWorkspace(workspaceRoot, input.taskId), input.taskId, input.subtaskId, input.attempt, deps.redactor),
+        filesChanged: await fileChangesOf(pool, taskWorkspace(workspaceRoot, input.taskId), input.taskId, input.subtaskId, input.attempt, atRestOf(deps)),
         commands: spend.commands,
         judgements: spend.judgements,
         results,
         score,
         threshold: input.threshold,
         passed,
-      };
+      });
       const evidenceId = sha256(canonicalJson(evidence));
       await pool.query(
         `INSERT INTO evidence (evidence_id, task_id, subtask_id, attempt, passed, score, body) VALUES ($1, $2, $3, $4, $5, $6, $7)

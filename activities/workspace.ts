@@ -14,6 +14,7 @@ import {
 } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { audit, putBlob, recordPolicyDecision } from './store';
+import { atRestOf } from './atRest';
 import { expandArgs } from './blobRefs';
 import { activityKey, sha256 } from './idempotency';
 import { detectSensitivity } from './secrets';
@@ -56,7 +57,9 @@ export async function resolveInWorkspace(workspace: string, rel: string): Promis
 }
 
 /** The built-in workspace tools and their undo. Tool failures go back to the model as tool errors. */
-export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: ActivityDeps) {
+export function createWorkspaceActivities(deps: ActivityDeps) {
+  const { pool, workspaceRoot, redactor } = deps;
+  const atRest = atRestOf(deps);
   /**
    * Validates arguments and runs the tool; bad input becomes a tool error, infrastructure errors
    * retry. A retry of a call that already finished returns the recorded result (its idempotency key
@@ -69,10 +72,10 @@ export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: Act
     rawArgs: unknown,
     fn: (args: z.infer<S>, workspace: string) => Promise<ToolResult>,
   ): Promise<ToolResult> {
-    const earlier = await pool.query<{ result: ToolResult }>('SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', [ctx.callKey]);
-    if (earlier.rows[0]) return earlier.rows[0].result;
+    const earlier = await pool.query<{ result: unknown }>('SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', [ctx.callKey]);
+    if (earlier.rows[0]) return atRest.openJson<ToolResult>(earlier.rows[0].result);
     if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: tool, decision: ctx.policy });
-    const args = await expandArgs(pool, rawArgs);
+    const args = await expandArgs(pool, rawArgs, atRest);
     const parsed = schema.safeParse(args);
     let result: ToolResult;
     if (!parsed.success) {
@@ -101,7 +104,7 @@ export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: Act
         redactor.redact(result.content.slice(0, 500)),
         Context.current().info.attempt,
         activityKey(),
-        JSON.stringify(result),
+        atRest.sealJson(result),
       ],
     );
     return result;
@@ -112,7 +115,7 @@ export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: Act
       return run(ctx, 'workspace.read', WorkspaceReadArgs, args, async ({ path: rel }, ws) => {
         const content = await readFile(await resolveInWorkspace(ws, rel), 'utf8');
         if (content.length <= TOOL_OUTPUT_HISTORY_LIMIT) return { ok: true, content };
-        const ref = await putBlob(pool, content);
+        const ref = await putBlob(pool, content, atRest);
         return {
           ok: true,
           content: `${content.slice(0, TOOL_OUTPUT_HISTORY_LIMIT)}\n[truncated: ${content.length} characters in all, stored as blob ${ref}]`,
@@ -144,7 +147,7 @@ export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: Act
         await pool.query(
           `INSERT INTO workspace_snapshots (call_key, task_id, path, existed, content) VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (call_key) DO NOTHING`,
-          [ctx.callKey, ctx.taskId, rel, previous !== null, previous],
+          [ctx.callKey, ctx.taskId, rel, previous !== null, atRest.sealNullable(previous)],
         );
         await mkdir(path.dirname(target), { recursive: true });
         const tmp = `${target}.mare-${sha256(ctx.callKey).slice(0, 12)}.tmp`;
@@ -157,7 +160,8 @@ export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: Act
 }
 
 /** Undoes one workspace.write from its snapshot; running it twice has the effect of running it once. */
-export async function undoWorkspaceWrite({ pool, workspaceRoot }: Pick<ActivityDeps, 'pool' | 'workspaceRoot'>, step: UndoStep): Promise<string> {
+export async function undoWorkspaceWrite(deps: Pick<ActivityDeps, 'pool' | 'workspaceRoot' | 'redactor' | 'atRest'>, step: UndoStep): Promise<string> {
+  const { pool, workspaceRoot } = deps;
   const { rows } = await pool.query<{ path: string; existed: boolean; content: string | null }>(
     'SELECT path, existed, content FROM workspace_snapshots WHERE call_key = $1',
     [step.callKey],
@@ -173,7 +177,7 @@ export async function undoWorkspaceWrite({ pool, workspaceRoot }: Pick<ActivityD
       throw err instanceof WorkspacePathError ? ApplicationFailure.nonRetryable(`undo refused: ${err.message}`, 'UndoRefused') : err;
     });
     if (snap.existed) {
-      await writeFile(target, snap.content ?? '', 'utf8');
+      await writeFile(target, atRestOf(deps).openNullable(snap.content) ?? '', 'utf8');
       detail = `restored previous content of ${snap.path}`;
     } else {
       const existed = await stat(target).then(() => true, () => false);

@@ -28,7 +28,7 @@ import {
 import { createRedactor, SecretsConfigError } from '../activities/secrets';
 import { loadToolsConfig, ToolsConfigError } from '../activities/tools';
 import { registerSearchAttributes } from '../scripts/stack/temporal';
-import { createLogger } from '../workers/logger';
+import { createLogger, processRedactor } from '../workers/logger';
 import { parseBind } from '../workers/health';
 import { DeploymentConfigError, deploymentFromEnv, setCurrentVersion } from '../workers/versioning';
 import { PayloadIntegrityError, PayloadKeyError, payloadKeyringFromEnv } from '../workers/payloadCodec';
@@ -122,8 +122,10 @@ program
   .option('--codec-port <port>', 'port of the codec server the Web UI decrypts payloads with', positiveInt, DEFAULT_CODEC_PORT)
   .action(
     action(async (opts: { port: number; uiPort: number; codecPort: number }) => {
-      const logger = createLogger('mare-dev', { pretty: process.env.MARE_LOG_PRETTY ? process.env.MARE_LOG_PRETTY !== '0' : process.stdout.isTTY });
-      const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort, codecPort: opts.codecPort });
+      // One redactor for the log lines and for what the worker stores: the same secrets everywhere.
+      const redactor = processRedactor();
+      const logger = createLogger('mare-dev', { redactor, pretty: process.env.MARE_LOG_PRETTY ? process.env.MARE_LOG_PRETTY !== '0' : process.stdout.isTTY });
+      const stack = await startLocalStack({ logger, redactor, print, port: opts.port, uiPort: opts.uiPort, codecPort: opts.codecPort });
       describeStack(stack).forEach((l) => print(l));
       if (stack.model.offline) print(OFFLINE_NOTICE);
       print('Workers running on task queues mare-tasks, mare-models and mare-tools. Press Ctrl-C to stop.');

@@ -1,7 +1,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { TASK_QUEUE, type TaskProgress } from '../schemas';
 import path from 'node:path';
-import { createLogger } from '../workers/logger';
+import { createLogger, processRedactor } from '../workers/logger';
 import { workspaceRootFromEnv } from '../workers/worker';
 import { MareClient } from './client';
 import { describeStack, startLocalStack } from './localStack';
@@ -18,10 +18,11 @@ export const DEMO_GOAL =
 export async function runDemo(opts: { print: (line?: string) => void; keep: boolean; port?: number; uiPort?: number; codecPort?: number }): Promise<boolean> {
   const { print } = opts;
   // Worker logs would interleave with the demo's own output; warnings and errors still show.
-  const logger = createLogger('mare-demo');
+  const redactor = processRedactor();
+  const logger = createLogger('mare-demo', { redactor });
   if (!process.env.MARE_LOG_LEVEL) logger.level = 'warn';
   print('Starting the local stack (Temporal dev server, PostgreSQL, one worker)…');
-  const stack = await startLocalStack({ logger, print, port: opts.port, uiPort: opts.uiPort, codecPort: opts.codecPort });
+  const stack = await startLocalStack({ logger, redactor, print, port: opts.port, uiPort: opts.uiPort, codecPort: opts.codecPort });
   try {
     describeStack(stack).forEach((l) => print(l));
     print();

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createModelClient, modelConfigFromEnv, type ModelClient } from '../activities/model';
 import { keyringFromEnv, openRoleService, type RoleKeyring } from '../activities/roles';
+import type { Redactor } from '../activities/secrets';
 import { loadToolsConfig } from '../activities/tools';
 import { migrate } from '../db/migrate';
 import { assertPortFree, dataDir } from '../scripts/stack/datadir';
@@ -39,7 +40,7 @@ export interface LocalStack {
  * Starts everything `mare dev` and the demo need, printing as it goes. On any failure, whatever
  * was already started is stopped again.
  */
-export async function startLocalStack(opts: { logger: Logger; print: (line: string) => void; port?: number; uiPort?: number; codecPort?: number }): Promise<LocalStack> {
+export async function startLocalStack(opts: { logger: Logger; redactor?: Redactor; print: (line: string) => void; port?: number; uiPort?: number; codecPort?: number }): Promise<LocalStack> {
   const { logger, print } = opts;
   const stops: (() => Promise<void>)[] = [];
   const stopAll = async (): Promise<void> => {
@@ -81,7 +82,7 @@ export async function startLocalStack(opts: { logger: Logger; print: (line: stri
     const connection = await NativeConnection.connect({ address: temporal.address });
     const pool = new Pool({ connectionString: db.url, max: 10 });
     const roles = await openRoleService({ pool, keyring, logger });
-    const services = await openWorkerServices({ pool, logger, toolsConfig });
+    const services = await openWorkerServices({ pool, logger, toolsConfig, ...(opts.redactor ? { redactor: opts.redactor } : {}) });
     const worker = await createMareWorker({
       connection,
       namespace: temporal.namespace,

@@ -28,6 +28,7 @@ import {
   type PolicyRule,
 } from '../schemas/policy';
 import { APPROVAL_DEFAULTS, conditionMatches, evaluatePolicies, NO_RULE_MATCHED } from '../workflows/policy';
+import { createRedactor } from '../activities/secrets';
 import { migrate } from '../db/migrate';
 import { createScratchDatabase } from '../db/scratch';
 import { ADMIN_DATABASE_URL, createTestDatabase, type TestDatabase } from './helpers';
@@ -673,7 +674,7 @@ describe('repository, service and bootstrap on PostgreSQL', () => {
     await listening.active();
     expect(listening.stats.misses).toBe(misses); // served from memory
 
-    const loadPolicies = createPolicyActivities({ policies: listening, pool: db.pool }).loadPolicies;
+    const loadPolicies = createPolicyActivities({ policies: listening, pool: db.pool, redactor: createRedactor() }).loadPolicies;
 
     await repo.publish(doc('notified', '1.0.0'), who);
     const seenIn = await waitFor(async () => (await activeNames(() => listening.active())).includes('notified@1.0.0'), 1_000);

@@ -1,11 +1,12 @@
 import pino, { type DestinationStream, type LogFn, type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import { createRedactor, type Redactor } from '../activities/secrets';
+import { loadToolsConfig } from '../activities/tools';
 import { logContext } from './logContext';
 
 /** Where a logger writes and what it redacts. */
 export interface LoggerOptions {
-  /** Default: a redactor built from the process environment (`createRedactor()`). */
+  /** Default: `processRedactor()`, the environment's secrets and the tools configuration's. */
   redactor?: Redactor;
   /** Default: standard output. */
   destination?: DestinationStream;
@@ -14,12 +15,22 @@ export interface LoggerOptions {
 }
 
 /**
+ * The redactor of this process: secret environment values (and those the tools configuration's
+ * `secrets.env` names) plus its `secrets.patterns`, the rules the worker redacts stored content
+ * with. An unreadable tools configuration or an unusable pattern throws (ToolsConfigError,
+ * SecretsConfigError): a logger never runs with fewer rules than the worker.
+ */
+export function processRedactor(): Redactor {
+  return createRedactor(loadToolsConfig().secrets);
+}
+
+/**
  * The process logger. MARE_LOG_LEVEL sets the level (default info). Every line is redacted: the
  * message and its interpolation arguments, the merged object (deep, errors included) and, as a last
  * pass over the written JSON, child bindings and anything else that reached the line.
  */
 export function createLogger(name = 'mare', opts: LoggerOptions = {}): Logger {
-  const redactor = opts.redactor ?? createRedactor();
+  const redactor = opts.redactor ?? processRedactor();
   const options: pino.LoggerOptions = {
     name,
     level: process.env.MARE_LOG_LEVEL ?? 'info',

@@ -6,6 +6,7 @@ import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createActivities, type ActivityDeps } from '../activities';
+import { AtRest } from '../activities/atRest';
 import { createMcpToolActivities } from '../activities/tools';
 import { createModelClient, modelConfigFromEnv } from '../activities/model';
 import { openPolicyService, type PolicyService } from '../activities/policy';
@@ -95,8 +96,13 @@ export class MareWorker {
  * activity, so one process serving any subset of queues needs no other wiring.
  */
 export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWorker> {
-  // Runs pin the approvers' keys of this worker's payload keyring: their approvals then need a signature.
-  const deps: ActivityDeps = opts.payloadKeyring && !opts.deps.approverKeys ? { ...opts.deps, approverKeys: approverPublicKeys(opts.payloadKeyring) } : opts.deps;
+  // Content stored in PostgreSQL is sealed under the same keys as the payloads Temporal stores, and
+  // runs pin the approvers' keys of this worker's payload keyring: their approvals then need a signature.
+  const deps: ActivityDeps = {
+    ...opts.deps,
+    atRest: opts.deps.atRest ?? new AtRest(opts.deps.redactor, opts.payloadKeyring),
+    ...(opts.payloadKeyring && !opts.deps.approverKeys ? { approverKeys: approverPublicKeys(opts.payloadKeyring) } : {}),
+  };
   const activities = { ...createMcpToolActivities(deps), ...createActivities(deps) };
   nondeterminism?.useLookup(runLookupVia(opts.connection, opts.namespace ?? 'default'));
   const dataConverter = mareDataConverter(opts.payloadKeyring);

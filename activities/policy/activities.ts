@@ -1,10 +1,10 @@
-import type { Pool } from 'pg';
 import type { RoleProfile, ToolCall } from '../../schemas';
 import type { LoadedPolicy, PolicyDecision, PolicyInput } from '../../schemas/policy';
 import { checkToolCall, type Permission } from '../../workflows/permissions';
 import { evaluatePolicies } from '../../workflows/policy';
+import { atRestOf } from '../atRest';
 import { expandArgs } from '../blobRefs';
-import type { PolicyService } from './service';
+import type { ActivityDeps } from '../deps';
 
 /** A tool call whose arguments hold blob references, with what its checks need. */
 export interface MediationInput {
@@ -25,7 +25,8 @@ export interface Mediation {
 }
 
 /** Policy activities: the set a workflow pins and evaluates every call against (workflows/policy.ts). */
-export function createPolicyActivities({ policies, pool, approverKeys }: { policies: PolicyService; pool: Pool; approverKeys?: Record<string, string> }) {
+export function createPolicyActivities(deps: Pick<ActivityDeps, 'policies' | 'pool' | 'redactor' | 'approverKeys' | 'atRest'>) {
+  const { policies, pool, approverKeys } = deps;
   return {
     /** The policies in force now (latest version of every enabled policy, by name). */
     async loadPolicies(): Promise<LoadedPolicy[]> {
@@ -45,7 +46,7 @@ export function createPolicyActivities({ policies, pool, approverKeys }: { polic
      * short ones (grant limits, policy conditions), on the full text its blob references stand for.
      */
     async mediateToolCall({ role, call, needs, policies: pinned, input }: MediationInput): Promise<Mediation> {
-      const args = (await expandArgs(pool, call.args)) as Record<string, unknown>;
+      const args = (await expandArgs(pool, call.args, atRestOf(deps))) as Record<string, unknown>;
       return { permission: checkToolCall(role, { ...call, args }, needs), decision: evaluatePolicies(pinned, { ...input, args }) };
     },
   };

@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
 import { TOOL_OUTPUT_HISTORY_LIMIT, type ToolCallContext, type ToolResult, type UndoStep } from '../../schemas';
+import { atRestOf, type AtRest } from '../atRest';
 import { expandArgs } from '../blobRefs';
 import type { ActivityDeps } from '../deps';
 import { activityKey, sha256 } from '../idempotency';
@@ -27,16 +28,17 @@ export function createMcpToolActivities(deps: ActivityDeps): Record<string, (ctx
 
 async function runMcpTool(deps: ActivityDeps, name: string, ctx: ToolCallContext, rawArgs: unknown): Promise<ToolResult> {
   const { pool, tools, redactor } = deps;
+  const atRest = atRestOf(deps);
   const entry = tools.mcpTool(name);
   if (!entry) throw ApplicationFailure.nonRetryable(`tool ${name} is not configured on this worker`, 'ToolNotConfigured');
   const activity = Context.current();
   // Derived from the workflow and activity ids: the same on every retry of this call.
   const idempotencyKey = activityKey();
 
-  const earlier = await pool.query<{ result: ToolResult }>('SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', [ctx.callKey]);
-  if (earlier.rows[0]) return earlier.rows[0].result;
+  const earlier = await pool.query<{ result: unknown }>('SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', [ctx.callKey]);
+  if (earlier.rows[0]) return atRest.openJson<ToolResult>(earlier.rows[0].result);
 
-  const args = (await expandArgs(pool, rawArgs)) as Record<string, unknown>;
+  const args = (await expandArgs(pool, rawArgs, atRest)) as Record<string, unknown>;
   if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: name, decision: ctx.policy });
   const heartbeat = setInterval(() => activity.heartbeat(), HEARTBEAT_EVERY_MS);
   let result: ToolResult;
@@ -49,7 +51,7 @@ async function runMcpTool(deps: ActivityDeps, name: string, ctx: ToolCallContext
       idempotencyKey,
       onProgress: () => activity.heartbeat(),
     });
-    result = await toolResult(pool, out.text, !out.isError);
+    result = await toolResult(pool, atRest, out.text, !out.isError);
   } catch (err) {
     if (activity.cancellationSignal.aborted) throw activity.cancellationSignal.reason ?? err;
     if (err instanceof McpUnavailableError) throw ApplicationFailure.retryable(redactor.redact(err.message), 'ToolUnavailable');
@@ -73,16 +75,16 @@ async function runMcpTool(deps: ActivityDeps, name: string, ctx: ToolCallContext
       redactor.redact(result.content.slice(0, 500)),
       activity.info.attempt,
       idempotencyKey,
-      JSON.stringify(result),
+      atRest.sealJson(result),
     ],
   );
   return result;
 }
 
 /** Text for the model, with long output stored in PostgreSQL and referenced. */
-async function toolResult(pool: Pool, content: string, ok: boolean): Promise<ToolResult> {
+async function toolResult(pool: Pool, atRest: AtRest, content: string, ok: boolean): Promise<ToolResult> {
   if (content.length <= TOOL_OUTPUT_HISTORY_LIMIT) return { ok, content };
-  const ref = await putBlob(pool, content);
+  const ref = await putBlob(pool, content, atRest);
   return { ok, content: `${content.slice(0, TOOL_OUTPUT_HISTORY_LIMIT)}\n[truncated: ${content.length} characters in all, stored as blob ${ref}]`, contentRef: ref };
 }
 
@@ -97,7 +99,7 @@ async function snapshotForUndo(deps: ActivityDeps, entry: McpToolEntry, ctx: Too
   });
   await deps.pool.query(
     `INSERT INTO tool_snapshots (call_key, task_id, tool, existed, content) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_key) DO NOTHING`,
-    [ctx.callKey, ctx.taskId, entry.name, !out.isError, out.isError ? null : out.text],
+    [ctx.callKey, ctx.taskId, entry.name, !out.isError, out.isError ? null : atRestOf(deps).sealText(out.text)],
   );
 }
 
@@ -115,12 +117,13 @@ export async function undoMcpCall(deps: ActivityDeps, entry: McpToolEntry, step:
   if (!snap) {
     detail = `nothing to undo: ${entry.name} never ran`;
   } else {
-    const args = (await expandArgs(deps.pool, step.args)) as Record<string, unknown>;
+    const atRest = atRestOf(deps);
+    const args = (await expandArgs(deps.pool, step.args, atRest)) as Record<string, unknown>;
     const action = snap.existed ? undo.restore : undo.remove;
     if (!action) throw ApplicationFailure.nonRetryable(`${entry.name} created something and its undo has no "remove" step`, 'NoUndoKnown');
     let out;
     try {
-      out = await deps.tools.hub.callTool(entry.server, action.tool, fillTemplate(action.args, { args, snapshot: snap.content ?? '', callKey: step.callKey }), {
+      out = await deps.tools.hub.callTool(entry.server, action.tool, fillTemplate(action.args, { args, snapshot: atRest.openNullable(snap.content) ?? '', callKey: step.callKey }), {
         timeoutMs: entry.serverConfig.timeoutMs,
       });
     } catch (err) {

@@ -84,7 +84,7 @@ test('a plaintext decideApproval from the temporal CLI (seen) and forged or alte
     const sealing = new EncryptionCodec(keyring);
     const plaintextSender = new Client({
       connection: stack.env.connection,
-      dataConverter: { ...mareDataConverter(undefined), payloadCodecs: [{ encode: async (p) => p, decode: (p) => sealing.decode(p) }] },
+      dataConverter: { ...mareDataConverter(undefined), payloadCodecs: [{ encode: (p) => Promise.resolve(p), decode: (p) => sealing.decode(p) }] },
     });
     const raw = plaintextSender.workflow.getHandle(workflowId);
     const attempts = [
