@@ -172,10 +172,10 @@ export async function runSandboxed(req: SandboxRequest): Promise<SandboxResult> 
       kill();
     }, req.timeoutSeconds * 1000);
     const collect = (into: Buffer[], i: 0 | 1) => (chunk: Buffer) => {
-      const room = maxOutput - sizes[i]!;
-      if (room > 0) into.push(chunk.subarray(0, room));
-      sizes[i] = sizes[i]! + chunk.length;
-      if (sizes[i]! > maxOutput && !outputExceeded) {
+      const size = sizes[i] ?? 0;
+      if (size < maxOutput) into.push(chunk.subarray(0, maxOutput - size));
+      sizes[i] = size + chunk.length;
+      if (size + chunk.length > maxOutput && !outputExceeded) {
         outputExceeded = true;
         kill();
       }

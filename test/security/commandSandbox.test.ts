@@ -3,9 +3,11 @@
  * criteria; the operator's allowlist decides whole argument vectors, and what runs is confined to
  * a bubblewrap sandbox; what it prints is redacted also when a secret is hex- or base64-encoded.
  */
+import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import pino from 'pino';
 import { RE2JS } from 're2js';
 import { commandAllowed } from '../../activities/commandAllowlist';
@@ -13,8 +15,8 @@ import { createModelClient } from '../../activities/model';
 import { runSandboxed, SandboxUnavailable } from '../../activities/sandbox';
 import { createRedactor, REDACTED } from '../../activities/secrets';
 import { ToolCatalog } from '../../activities/tools/catalog';
-import { createVerifyActivities } from '../../activities/verify';
-import type { Criterion } from '../../schemas';
+import { createVerifyActivities, type VerifyInput } from '../../activities/verify';
+import type { Criterion, Verdict } from '../../schemas';
 import { ToolsConfig } from '../../schemas/toolConfig';
 import { createTestDatabase, type TestDatabase } from '../helpers';
 
@@ -40,11 +42,10 @@ afterAll(async () => {
 /** The verify activity as a worker builds it, with this tools configuration, on the test database. */
 function verifier(verifyCommands: unknown[]) {
   const config = ToolsConfig.parse({ verifyCommands });
-  const script = path.join(root, 'model.json');
-  writeFileSync(script, JSON.stringify({ rules: [] }));
   return createVerifyActivities({
     pool: db.pool,
-    model: createModelClient({ provider: 'scripted', modelId: script }),
+    // The judge is never asked here (no judged criteria).
+    model: createModelClient({ provider: 'scripted', modelId: path.join(__dirname, '..', '..', 'scripts', 'demo-script.json') }),
     roles: db.roles,
     policies: db.policies,
     workspaceRoot: root,
@@ -60,7 +61,9 @@ const nodeCheck = (code: string): Criterion => check('node', ['-e', code]);
 const allowExactly = (code: string) => ({ command: 'node', args: ['-e', RE2JS.quote(code)] });
 
 async function verify(taskId: string, verifyCommands: unknown[], criteria: Criterion[]) {
-  const verdict = await verifier(verifyCommands).verify({ taskId, subtaskId: 's', attempt: 1, criteria, output: '', threshold: 1 });
+  const activities = verifier(verifyCommands);
+  const env = new MockActivityEnvironment({ workflowExecution: { workflowId: taskId, runId: 'r' }, activityId: 'verify' });
+  const verdict = await env.run<[VerifyInput], Verdict, (input: VerifyInput) => Promise<Verdict>>((input) => activities.verify(input), { taskId, subtaskId: 's', attempt: 1, criteria, output: '', threshold: 1 });
   const { rows } = await db.pool.query<{ body: { commands: { stdout: string; stderr: string; exitCode: number | null }[] } }>(`SELECT body FROM evidence WHERE evidence_id = $1`, [verdict.evidenceId]);
   return { verdict, body: rows[0]!.body, raw: JSON.stringify(rows[0]!.body) };
 }
@@ -142,26 +145,35 @@ describe('the allowlist decides whole argument vectors', () => {
 
 describe('an allowed command runs in the bubblewrap sandbox', () => {
   test("it cannot read the worker's /proc/<pid>/environ and has none of the worker's environment", async () => {
-    const code = [
-      `const fs = require('fs');`,
-      `const tryRead = (p) => { try { return fs.readFileSync(p).toString('hex'); } catch (e) { return e.code; } };`,
-      `console.log(JSON.stringify({ uid: process.getuid(), worker: tryRead('/proc/${process.pid}/environ'), parent: tryRead('/proc/' + process.ppid + '/environ'), pid1: tryRead('/proc/1/environ'), env: process.env, pids: fs.readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n)) }));`,
-    ].join('\n');
-    // Without the sandbox this process's environment is there to read: the attack is real.
-    expect(readFileSync(`/proc/${process.pid}/environ`, 'utf8')).toContain(API_KEY);
-    const { verdict, body, raw } = await verify('environ', [allowExactly(code)], [nodeCheck(code)]);
-    expect(verdict.results[0]).toMatchObject({ passed: true });
-    const seen = JSON.parse(body.commands[0]!.stdout) as { uid: number; worker: string; parent: string; pid1: string; env: Record<string, string>; pids: string[] };
-    expect(seen.uid).toBe(65534);
-    // A fresh /proc: only the sandbox's own processes, the worker's pid is not among them.
-    expect(seen.pids.length).toBeLessThan(5);
-    expect(seen.pids).not.toContain(String(process.pid));
-    expect(seen.worker).toBe('ENOENT');
-    expect(Object.keys(seen.env).sort()).toEqual(expect.arrayContaining(['HOME', 'LANG', 'PATH']));
-    expect(Object.keys(seen.env).filter((k) => !['HOME', 'LANG', 'PATH', 'PWD'].includes(k))).toEqual([]);
-    // Not redacted away: never there, in any encoding, in what the sandbox printed or what was stored.
-    for (const form of leakForms()) expect(raw).not.toContain(form);
-    expect(raw).not.toContain(REDACTED);
+    // A process holding the secrets in its environment from the start, as a worker does (this test
+    // process set them after it started, so its own /proc/<pid>/environ lacks them).
+    const holder = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { env: { ...process.env }, stdio: 'ignore' });
+    try {
+      await new Promise((resolve) => holder.once('spawn', resolve));
+      // Outside the sandbox the attack is real: the secrets are there to read.
+      expect(readFileSync(`/proc/${holder.pid}/environ`, 'utf8')).toContain(API_KEY);
+      const code = [
+        `const fs = require('fs');`,
+        `const tryRead = (p) => { try { return fs.readFileSync(p).toString('hex'); } catch (e) { return e.code; } };`,
+        `console.log(JSON.stringify({ uid: process.getuid(), worker: tryRead('/proc/${process.pid}/environ'), holder: tryRead('/proc/${holder.pid}/environ'), parent: tryRead('/proc/' + process.ppid + '/environ'), env: process.env, pids: fs.readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n)) }));`,
+      ].join('\n');
+      const { verdict, body, raw } = await verify('environ', [allowExactly(code)], [nodeCheck(code)]);
+      expect(verdict.results[0]).toMatchObject({ passed: true });
+      const seen = JSON.parse(body.commands[0]!.stdout) as { uid: number; worker: string; holder: string; parent: string; env: Record<string, string>; pids: string[] };
+      expect(seen.uid).toBe(65534);
+      // A fresh /proc: only the sandbox's own processes; the worker's and the holder's pids are not there.
+      expect(seen.pids.length).toBeLessThan(5);
+      expect(seen.pids).not.toContain(String(process.pid));
+      expect(seen.worker).toBe('ENOENT');
+      expect(seen.holder).toBe('ENOENT');
+      expect(Object.keys(seen.env).sort()).toEqual(expect.arrayContaining(['HOME', 'LANG', 'PATH']));
+      expect(Object.keys(seen.env).filter((k) => !['HOME', 'LANG', 'PATH', 'PWD'].includes(k))).toEqual([]);
+      // Not redacted away: never there, in any encoding, in what the sandbox printed or what was stored.
+      for (const form of leakForms()) expect(raw).not.toContain(form);
+      expect(raw).not.toContain(REDACTED);
+    } finally {
+      holder.kill('SIGKILL');
+    }
   });
 
   test('it cannot write outside the workspace; inside it can', async () => {
