@@ -24,6 +24,9 @@ ENV NODE_ENV=production \
     MARE_WORKFLOW_BUNDLE=/app/dist/workflow-bundle.js
 WORKDIR /app
 COPY --from=build /app /app
+# bubblewrap: command_succeeds criteria run only in its sandbox (docs/threat-model-sandbox.md); it also
+# needs user namespaces, which Docker's default seccomp profile refuses (the criteria then fail, nothing runs).
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 # A named volume mounted on the workspaces directory starts with this ownership.
 RUN mkdir -p /var/lib/mare/workspaces && chown -R node:node /var/lib/mare
 USER node

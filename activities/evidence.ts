@@ -1,10 +1,10 @@
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
 import type { Pool } from 'pg';
 import { subtaskWorkflowId, TASK_SCOPE, type ToolResult } from '../schemas';
 import type { AtRest } from './atRest';
 import { sha256 } from './idempotency';
+import { runSandboxed } from './sandbox';
 import type { Redactor } from './secrets';
 import { loadBlob } from './store';
 import { resolveInWorkspace } from './workspace';
@@ -94,33 +94,28 @@ export async function fileChangesOf(pool: Pool, workspace: string, taskId: strin
 }
 
 /**
- * Runs a command in the task workspace as a sandboxed check: no shell, only commands the
- * configuration allows, an environment with nothing but PATH and HOME (no secrets), a time limit
- * after which the process is killed, and output capped.
+ * Runs a command in the task workspace in the bubblewrap sandbox (activities/sandbox.ts): no shell,
+ * no worker environment, no network, only the workspace writable, a time limit after which it is
+ * killed; output capped and redacted (also hex- and base64-encoded secrets). Throws
+ * `SandboxUnavailable` when the sandbox cannot be set up: the command never runs outside it.
  */
-export function runCheckCommand(workspace: string, command: string, args: string[], timeoutSeconds: number, redactor: Redactor): Promise<CommandEvidence> {
-  const started = Date.now();
-  return new Promise((resolve) => {
-    execFile(
-      command,
-      args,
-      { cwd: workspace, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: workspace }, timeout: timeoutSeconds * 1000, killSignal: 'SIGKILL', maxBuffer: 1_000_000, windowsHide: true },
-      (err, stdout, stderr) => {
-        const e = err as (NodeJS.ErrnoException & { code?: number | string; killed?: boolean; signal?: NodeJS.Signals | null }) | null;
-        const cap = (s: string): string => redactor.redact(s.length > OUTPUT_LIMIT ? `${s.slice(0, OUTPUT_LIMIT)}\n[truncated: ${s.length} characters]` : s);
-        resolve({
-          command,
-          args,
-          exitCode: e ? (typeof e.code === 'number' ? e.code : null) : 0,
-          signal: e?.signal ?? null,
-          timedOut: Boolean(e?.killed && e.signal === 'SIGKILL'),
-          durationMs: Date.now() - started,
-          stdout: cap(String(stdout)),
-          stderr: cap(e && typeof e.code === 'string' ? `${String(stderr)}${e.message}` : String(stderr)),
-        });
-      },
-    );
-  });
+export async function runCheckCommand(workspace: string, command: string, args: string[], timeoutSeconds: number, redactor: Redactor): Promise<CommandEvidence> {
+  const ran = await runSandboxed({ workspace, command, args, timeoutSeconds, maxOutputBytes: 1_000_000 });
+  // Redact before cutting, so the cut cannot leave half a secret that no longer matches.
+  const cap = (s: string): string => {
+    const r = redactor.redact(s);
+    return r.length > OUTPUT_LIMIT ? `${r.slice(0, OUTPUT_LIMIT)}\n[truncated: ${r.length} characters]` : r;
+  };
+  return {
+    command,
+    args,
+    exitCode: ran.exitCode,
+    signal: ran.signal,
+    timedOut: ran.timedOut,
+    durationMs: ran.durationMs,
+    stdout: cap(ran.stdout),
+    stderr: cap(ran.outputExceeded ? `${ran.stderr}\n[killed: more than 1000000 bytes of output]` : ran.stderr),
+  };
 }
 
 /** Reads a dot path (`a.b.0.c`) from a JSON value. */

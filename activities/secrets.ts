@@ -9,7 +9,9 @@
  *  - built-in shapes: OpenAI and Anthropic keys, AWS access key ids, GitHub tokens, PEM private key
  *    blocks, bearer tokens, JWTs, and the password part of any URL with credentials;
  *  - configured patterns (`SecretsConfig.patterns`, JavaScript regular-expression sources).
- * Every occurrence becomes `[REDACTED]`. One combined RegExp is built once per redactor.
+ * Known values are also found hex-encoded (any case) and base64/base64url-encoded (every byte
+ * alignment), line breaks allowed, so a command cannot print a secret past redaction by encoding
+ * it. Every occurrence becomes `[REDACTED]`. One combined RegExp is built once per redactor.
  */
 
 /** What a redactor treats as secret beyond the built-in rules. */
@@ -80,6 +82,34 @@ const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/-]/g, '
 // Backreferences and named groups change meaning (or clash) inside one combined RegExp.
 const NOT_COMBINABLE = /\\[1-9]|\\k<|\(\?<(?![=!])/;
 
+// Encoded output may be wrapped (`base64` breaks lines at 76 characters, `xxd -p` at 60).
+const LINE_BREAK = String.raw`(?:\r?\n)?`;
+
+/** A pattern for hex digits in either case (mixed case too), a line break allowed between any two. */
+function hexPattern(hex: string): string {
+  return [...hex].map((ch) => (/[a-f]/.test(ch) ? `[${ch}${ch.toUpperCase()}]` : ch)).join(LINE_BREAK);
+}
+
+/**
+ * Patterns for a known secret value as a command could print it encoded: hex (any case) and
+ * base64 / base64url. The base64 of the value inside a longer stream depends on its byte offset
+ * mod 3: for each of the three alignments the characters that encode only the value's own bytes
+ * (the stable middle, skipping 0, 2 or 1 leading bytes and the trailing partial group) are
+ * matched. The one or two characters at each edge, which mix in neighbouring bytes, stay.
+ */
+function encodedForms(value: string): string[] {
+  const bytes = Buffer.from(value, 'utf8');
+  const out = [hexPattern(bytes.toString('hex'))];
+  for (const skip of [0, 1, 2]) {
+    const whole = Math.floor((bytes.length - skip) / 3) * 3;
+    // Fewer than 6 bytes (8 characters) is too short to redact everywhere without mangling text.
+    if (whole < 6) continue;
+    const b64 = bytes.subarray(skip, skip + whole).toString('base64');
+    for (const form of new Set([b64, b64.replace(/\+/g, '-').replace(/\//g, '_')])) out.push([...form].map(escapeRegExp).join(LINE_BREAK));
+  }
+  return out;
+}
+
 /** Redacts known secret values, built-in secret shapes and configured patterns. Build with `createRedactor`. */
 export class Redactor {
   private readonly combined: RegExp;
@@ -104,8 +134,10 @@ export class Redactor {
       else combinable.push(pattern);
     }
     // Longest values first: at one position the longest known value wins.
-    const literals = [...new Set([...knownValues].filter((v) => v.length > 0))].sort((a, b) => b.length - a.length).map(escapeRegExp);
-    this.combined = new RegExp([...BUILT_IN_SHAPES, ...combinable, ...literals].map((p) => `(?:${p})`).join('|'), 'g');
+    const values = [...new Set([...knownValues].filter((v) => v.length > 0))].sort((a, b) => b.length - a.length);
+    // Encoded forms first: they are longer than the value, and a value could sit inside its own hex.
+    const encoded = [...new Set(values.flatMap(encodedForms))];
+    this.combined = new RegExp([...BUILT_IN_SHAPES, ...combinable, ...encoded, ...values.map(escapeRegExp)].map((p) => `(?:${p})`).join('|'), 'g');
   }
 
   /** The text with every secret occurrence replaced by `[REDACTED]`; overlapping secrets are removed entirely. */

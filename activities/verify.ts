@@ -11,6 +11,8 @@ import { atRestOf } from './atRest';
 import { audit } from './store';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
+import { commandAllowed, describeAllowed } from './commandAllowlist';
+import { SandboxUnavailable } from './sandbox';
 
 /** Ajv's regular-expression engine for `pattern` and `patternProperties`: RE2, linear in the subject. */
 const re2Engine = Object.assign(
@@ -137,12 +139,20 @@ export function createVerifyActivities(deps: ActivityDeps) {
         return verdict(false, `no ${c.tool} result has ${c.field}${c.equals !== undefined ? ` = ${JSON.stringify(c.equals)}` : ''}`);
       }
       case 'command_succeeds': {
-        if (!deps.tools.config.verifyCommands.includes(c.command)) {
-          return verdict(false, `command "${c.command}" is not allowed here (the tools configuration's verifyCommands: ${deps.tools.config.verifyCommands.join(', ') || 'none'})`);
+        // The whole argument vector must match an operator entry: `node` for tests is not `node -e <code>`.
+        const allowed = deps.tools.config.verifyCommands;
+        if (!commandAllowed(allowed, c.command, c.args)) {
+          return verdict(false, `command "${c.command}" with these ${c.args.length} arguments is not allowed here (the tools configuration's verifyCommands allow: ${describeAllowed(allowed)})`);
         }
         const workspace = taskWorkspace(workspaceRoot, input.taskId);
         await mkdir(workspace, { recursive: true });
-        const ran = await runCheckCommand(workspace, c.command, c.args, c.timeoutSeconds, deps.redactor);
+        let ran: CommandEvidence;
+        try {
+          ran = await runCheckCommand(workspace, c.command, c.args, c.timeoutSeconds, deps.redactor);
+        } catch (err) {
+          if (!(err instanceof SandboxUnavailable)) throw err;
+          return verdict(false, `\`${c.command}\` did not run: SandboxUnavailable (${err.reason}): ${deps.redactor.redact(err.message)}`);
+        }
         spend.commands.push(ran);
         if (ran.timedOut) return verdict(false, `\`${c.command}\` did not finish within ${c.timeoutSeconds} s`);
         return verdict(ran.exitCode === 0, `\`${c.command}\` exited ${ran.exitCode ?? ran.signal ?? '?'}${ran.exitCode === 0 ? '' : `: ${(ran.stderr || ran.stdout).slice(-300)}`}`);

@@ -1,3 +1,4 @@
+import { RE2JS } from 're2js';
 import { z } from 'zod';
 
 /** `{{args.x}}`, `{{snapshot}}` and `{{key}}` in these arguments are filled in when the step runs. */
@@ -69,6 +70,45 @@ const McpServerConfig = z
   .refine((s) => (s.command === undefined) !== (s.url === undefined), { message: 'set exactly one of command (stdio) or url (streamable HTTP)' });
 export type McpServerConfig = z.infer<typeof McpServerConfig>;
 
+const VERIFY_COMMAND_EXAMPLE = '{ "command": "npm", "args": ["test"] } or { "command": "node", "args": ["--test", "tests/[a-z0-9_/-]+\\\\.js"] }';
+
+/** An argument pattern: RE2 syntax (linear-time matching), matched against the whole argument. */
+const ArgPattern = z
+  .string()
+  .min(1)
+  .max(1_000)
+  .superRefine((p, ctx) => {
+    try {
+      RE2JS.compile(p);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `is not an RE2 pattern: ${(err as Error).message}` });
+    }
+  });
+
+/** One allowed argument vector of `command_succeeds`: the command and a pattern per argument position. */
+const VerifyCommand = z.strictObject({
+  command: z.string().regex(/^[A-Za-z0-9._+-]+$/, 'must be a command name, not a path or a shell expression'),
+  args: z.array(ArgPattern).max(50).default([]),
+});
+export type VerifyCommand = z.infer<typeof VerifyCommand>;
+
+// A bare name used to allow the command with any arguments (`node -e <anything>`): refused, not reinterpreted.
+const VerifyCommandEntry = z.unknown().transform((v, ctx): VerifyCommand => {
+  if (typeof v === 'string') {
+    ctx.addIssue({
+      code: 'custom',
+      message: `a bare command name ("${v}") is no longer accepted: allow whole argument vectors, e.g. ${VERIFY_COMMAND_EXAMPLE} (each argument must fully match the pattern at its position)`,
+    });
+    return z.NEVER;
+  }
+  const parsed = VerifyCommand.safeParse(v);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) ctx.addIssue({ code: 'custom', message: issue.message, path: issue.path });
+    return z.NEVER;
+  }
+  return parsed.data;
+});
+
 /** The tools configuration file (MARE_TOOLS_CONFIG): MCP servers, secrets to redact, model price. */
 export const ToolsConfig = z.strictObject({
   servers: z
@@ -87,7 +127,10 @@ export const ToolsConfig = z.strictObject({
     .default({ patterns: [], env: [] }),
   /** Price of 1,000 model tokens in US dollars, for the estimated cost policies see. */
   modelPricePer1kTokens: z.number().min(0).default(0),
-  /** Commands `command_succeeds` criteria may run in a task workspace (by name, found on PATH); none by default. */
-  verifyCommands: z.array(z.string().regex(/^[A-Za-z0-9._+-]+$/, 'must be a command name, not a path or a shell expression')).default([]),
+  /**
+   * Argument vectors `command_succeeds` criteria may run, sandboxed, in a task workspace: a command
+   * (a name found on the worker's PATH) and one RE2 pattern per argument; none by default.
+   */
+  verifyCommands: z.array(VerifyCommandEntry).default([]),
 });
 export type ToolsConfig = z.infer<typeof ToolsConfig>;

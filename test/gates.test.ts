@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { RE2JS } from 're2js';
 import { canonicalJson } from '../activities/idempotency';
 import { subtaskWorkflowId, type ApprovalView, type ChatMessage } from '../schemas';
 import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
@@ -26,7 +27,10 @@ afterAll(async () => {
 });
 
 const ws = (taskId: string, rel: string): string => path.join(stack.workspaceRoot, taskId, rel);
-const TOOLS = { verifyCommands: ['node'] };
+// The exact `node -e` scripts these tests' criteria run (an allowlist entry is a whole argument vector).
+const CHECK_DATA = "const d = JSON.parse(require('fs').readFileSync('data.json', 'utf8')); if (d.version !== 2) process.exit(3); console.log('checked', d.version)";
+const nodeScripts = [CHECK_DATA, 'process.exit(4)', 'setTimeout(() => {}, 60000)'];
+const TOOLS = { verifyCommands: nodeScripts.map((code) => ({ command: 'node', args: ['-e', RE2JS.quote(code)] })) };
 
 async function rows<T>(sql: string, params: unknown[] = []): Promise<T[]> {
   return (await stack.pool.query(sql, params)).rows as T[];
@@ -48,7 +52,7 @@ test('a pass: typed deterministic criteria (JSON Schema, a tool result field, a 
   const criteria = [
     { kind: 'json_schema', schema: { type: 'object', required: ['status', 'count'], properties: { status: { const: 'ok' }, count: { type: 'integer', minimum: 1 } } } },
     { kind: 'tool_result_field', tool: 'workspace.read', field: 'version', equals: 2 },
-    { kind: 'command_succeeds', command: 'node', args: ['-e', "const d = JSON.parse(require('fs').readFileSync('data.json', 'utf8')); if (d.version !== 2) process.exit(3); console.log('checked', d.version)"], timeoutSeconds: 20 },
+    { kind: 'command_succeeds', command: 'node', args: ['-e', CHECK_DATA], timeoutSeconds: 20 },
     { kind: 'file_contains', path: 'data.json', text: '"version": 2' },
   ];
   const script: ScriptInput = {
@@ -103,7 +107,7 @@ test('failing deterministic criteria say why: schema errors, a missing field, a 
   const details = evidence!.body.results.map((r) => [r.passed, r.detail]);
   expect(details[0]).toEqual([false, expect.stringContaining("must have required property 'status'")]);
   expect(details[1]).toEqual([false, 'no workspace.read result has missing']);
-  expect(details[2]).toEqual([false, expect.stringContaining('command "sh" is not allowed here')]);
+  expect(details[2]).toEqual([false, expect.stringContaining('command "sh" with these 2 arguments is not allowed here')]);
   expect(details[3]).toEqual([false, expect.stringContaining('`node` exited 4')]);
   expect(details[4]).toEqual([false, '`node` did not finish within 1 s']);
   // The rollback removed what the failed subtask wrote.
