@@ -37,8 +37,8 @@ export function createPolicyActivities(deps: Pick<ActivityDeps, 'policies' | 'po
      * The approvers' public keys (derived from the workers' payload keyring, workers/approvalSigning.ts)
      * a run pins: its approvals then count only when signed. None without a payload keyring.
      */
-    async approverKeys(): Promise<Record<string, string>> {
-      return approverKeys ?? {};
+    approverKeys(): Promise<Record<string, string>> {
+      return Promise.resolve(approverKeys ?? {});
     },
 
     /**
