@@ -19,12 +19,14 @@ import {
   type Actor,
   type RoleKeyring,
   type StoredRole,
+  type TenantEnforcement,
 } from '../activities/roles';
 import { migrate } from '../db/migrate';
 import { UsageError, type Action, type Print } from './commandKit';
 import { dataConverterFromEnv } from './client';
 import { dataDir } from '../scripts/stack/datadir';
 import { SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../schemas/constants';
+import { TaskRequest } from '../schemas/task';
 import { reinstateRoleSignal } from '../workflows/definitions';
 
 
@@ -46,6 +48,26 @@ async function withRepository<T>(fn: (repo: RoleRepository, pool: Pool) => Promi
 
 function actor(opts: { by?: string; reason?: string }): Actor {
   return { actor: opts.by ?? process.env.MARE_ACTOR ?? os.userInfo().username, ...(opts.reason ? { reason: opts.reason } : {}) };
+}
+
+/** A --tenant as tasks name tenants; anything else is a usage error before anything changes. */
+function tenantOption(tenant: string | undefined): string | undefined {
+  if (tenant !== undefined && !TaskRequest.shape.tenant.safeParse(tenant).success) {
+    throw new UsageError(`--tenant ${JSON.stringify(tenant)}: a tenant is 1-64 of a-z, 0-9, "_" and "-", starting with a letter or digit`);
+  }
+  return tenant;
+}
+
+/** One line per tenant for which the role is suspended or throttled. */
+function tenantLines(rows: TenantEnforcement[]): string[] {
+  return rows.map((t) =>
+    [
+      `tenant ${t.tenant}:`,
+      t.suspended ? `suspended ${t.suspended.at.toISOString()}: ${t.suspended.reason}` : '',
+      t.suspended && t.throttleCap ? ';' : '',
+      t.throttleCap ? `throttled to ${t.throttleCap} at once: ${t.throttleReason ?? ''}` : '',
+    ].filter(Boolean).join(' ').replace(' ;', ';'),
+  );
 }
 
 function flags(r: StoredRole): string {
@@ -103,13 +125,14 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .action(
       action(async (ref: string, opts: { source?: boolean; json?: boolean }) => {
         const { name, spec } = splitRoleRef(ref);
-        const role = await withRepository((repo) => repo.require(name, spec ?? 'latest'));
+        const [role, tenants] = await withRepository(async (repo) => [await repo.require(name, spec ?? 'latest'), await repo.tenantEnforcement(name)] as const);
         const profile = opts.source ? role.source : role.profile;
-        if (opts.json) return print(JSON.stringify({ ...metadata(role), profile }, null, 2));
+        if (opts.json) return print(JSON.stringify({ ...metadata(role), tenants, profile }, null, 2));
         print(`${role.name}@${role.version}  ${flags(role)}`);
         print(`checksum ${role.checksum}, key ${role.keyId}, published ${role.publishedAt.toISOString()} by ${role.publishedBy}`);
         if (role.deprecated) print(`deprecated ${role.deprecated.at.toISOString()}: ${role.deprecated.reason}`);
         if (role.suspended) print(`suspended ${role.suspended.at.toISOString()}: ${role.suspended.reason}`);
+        tenantLines(tenants).forEach((l) => print(l));
         print(JSON.stringify(profile, null, 2));
       }),
     );
@@ -178,35 +201,50 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
 
   roles
     .command('suspend')
-    .description('suspend a role: the router sends its subtasks to another role until it is reinstated')
+    .description('suspend a role: the router sends its subtasks to another role until it is reinstated; for every tenant, or with --tenant for one')
     .argument('<name>')
     .requiredOption('--reason <text>', 'why, for the audit trail')
+    .option('--tenant <tenant>', "only this tenant's subtasks (the other tenants keep the role)")
     .option(...by)
     .action(
-      action(async (name: string, opts: { by?: string; reason: string }) => {
-        await withRepository((repo) => repo.suspend(name, actor(opts)));
-        print(`suspended ${name}`);
+      action(async (name: string, opts: { by?: string; reason: string; tenant?: string }) => {
+        const tenant = tenantOption(opts.tenant);
+        await withRepository((repo) => repo.suspend(name, actor(opts), tenant));
+        print(`suspended ${name}${tenant === undefined ? '' : ` for tenant ${tenant}`}`);
       }),
     );
 
   roles
     .command('reinstate')
-    .description("lift a suspension (the repository's flag, which the router reads) and tell the role's supervisor")
+    .description(
+      "lift a suspension (the repository's flag, which the router reads): the global one, or with --tenant one tenant's, and tell that tenant's supervisor. Prints the per-tenant suspensions and throttles still in force",
+    )
     .argument('<name>')
     .requiredOption('--reason <text>', 'why, for the audit trail')
+    .option('--tenant <tenant>', "lift this tenant's suspension (set by its supervisor or an operator), not the global one")
     .option(...by)
     .action(
-      action(async (name: string, opts: { by?: string; reason: string }) => {
+      action(async (name: string, opts: { by?: string; reason: string; tenant?: string }) => {
+        const tenant = tenantOption(opts.tenant);
         const who = actor(opts);
-        try {
-          await withRepository((repo) => repo.reinstate(name, who));
-        } catch (err) {
-          // Lifted already (the supervisor's cool-down or another person won the race): say so, and bring a lagging supervisor along.
-          if (err instanceof RoleRepositoryError) throw new RoleRepositoryError(`${name} is not suspended${await catchUpSupervisor(name, who)}`);
-          throw err;
-        }
-        print(`reinstated ${name}`);
-        await tellSupervisor(name, who);
+        const remaining = await withRepository(async (repo) => {
+          try {
+            await repo.reinstate(name, who, tenant);
+          } catch (err) {
+            if (!(err instanceof RoleRepositoryError)) throw err;
+            if (tenant !== undefined) {
+              // Lifted already (the supervisor's cool-down or another person won the race): say so, and bring a lagging supervisor along.
+              throw new RoleRepositoryError(`${name} is not suspended for tenant ${tenant}${await catchUpSupervisor(name, tenant, who)}`);
+            }
+            const suspendedFor = (await repo.tenantEnforcement(name)).filter((t) => t.suspended).map((t) => t.tenant);
+            throw new RoleRepositoryError(`${name} is not suspended${suspendedFor.length ? ` for every tenant; it is suspended for tenant(s) ${suspendedFor.join(', ')} (use --tenant)` : ''}`);
+          }
+          return repo.tenantEnforcement(name);
+        });
+        print(`reinstated ${name}${tenant === undefined ? '' : ` for tenant ${tenant}`}`);
+        tenantLines(remaining).forEach((l) => print(`still in force: ${l}`));
+        // A global suspension is an operator's: no supervisor set it, so none is told.
+        if (tenant !== undefined) await tellSupervisor(name, tenant, who);
       }),
     );
 
@@ -295,18 +333,18 @@ function describeError(err: unknown): string {
 }
 
 /**
- * Tells the role's supervisor (if Temporal and the supervisor can be reached) that a person lifted
- * the suspension, so it starts a fresh window now instead of at the end of its cool-down. The
+ * Tells the role's supervisor for the tenant (if Temporal and the supervisor can be reached) that a
+ * person lifted the tenant's suspension, so it starts a fresh window now instead of at the end of its cool-down. The
  * repository already says the role is reinstated, so every outcome here is a note on stderr.
  */
-async function tellSupervisor(name: string, who: Actor): Promise<void> {
-  const workflowId = supervisorWorkflowId(name);
+async function tellSupervisor(name: string, tenant: string, who: Actor): Promise<void> {
+  const workflowId = supervisorWorkflowId(name, tenant);
   try {
     await withTemporal((client) => client.workflow.getHandle(workflowId).signal(reinstateRoleSignal, { by: who.actor, reason: who.reason ?? '' }));
     process.stderr.write(`told the role's supervisor (${workflowId})\n`);
   } catch (err) {
     if (err instanceof WorkflowNotFoundError) {
-      process.stderr.write(`note: ${name} has no running supervisor (${workflowId}), so there is no one else to tell; one starts with the role's next finished embodiment\n`);
+      process.stderr.write(`note: ${name} has no running supervisor for tenant ${tenant} (${workflowId}), so there is no one else to tell; one starts with the role's next finished embodiment for the tenant\n`);
     } else {
       process.stderr.write(`note: the role's supervisor (${workflowId}) was not told (${describeError(err)}); it records the reinstatement when its cool-down ends\n`);
     }
@@ -314,12 +352,12 @@ async function tellSupervisor(name: string, who: Actor): Promise<void> {
 }
 
 /**
- * The repository says the role is not suspended. A supervisor whose phase (its search attribute)
+ * The repository says the role is not suspended for the tenant. A tenant's supervisor whose phase (its search attribute)
  * still says Suspended is behind the repository: it is told, so it records the reinstatement and
  * starts a fresh window. Returns what to add to the error message ('' when there is nothing to say).
  */
-async function catchUpSupervisor(name: string, who: Actor): Promise<string> {
-  const workflowId = supervisorWorkflowId(name);
+async function catchUpSupervisor(name: string, tenant: string, who: Actor): Promise<string> {
+  const workflowId = supervisorWorkflowId(name, tenant);
   const phase = await withTemporal((client) => client.workflow.getHandle(workflowId).describe()).then(
     (d) => (d.status.name === 'RUNNING' ? d.typedSearchAttributes.get(SEARCH_ATTRIBUTES.supervisorPhase) : undefined),
     // No supervisor, or Temporal out of reach: the repository's answer stands alone.

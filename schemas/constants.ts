@@ -54,9 +54,17 @@ export function subtaskWorkflowId(taskId: string, subtaskId: string): string {
   return `${taskWorkflowId(taskId)}--${subtaskId}`;
 }
 
-/** Workflow id of a role's supervisor: one per role. */
-export function supervisorWorkflowId(role: string): string {
-  return `mare-role-supervisor-${role}`;
+/** The tenant of a task that names none (and of runs started before tenants were passed on). */
+export const DEFAULT_TENANT = 'default';
+
+/**
+ * Workflow id of a role's supervisor for one tenant: one per (role, tenant), so one tenant's
+ * failures never throttle or suspend the role for another. The default tenant keeps the id of the
+ * one-per-role supervisor it replaces; any other tenant is percent-encoded after a ':', which
+ * neither a role name nor an encoded tenant contains, so no two (role, tenant) pairs share an id.
+ */
+export function supervisorWorkflowId(role: string, tenant: string = DEFAULT_TENANT): string {
+  return tenant === DEFAULT_TENANT ? `mare-role-supervisor-${role}` : `mare-role-supervisor-${role}:${encodeURIComponent(tenant)}`;
 }
 
 /** A text cut to `max` characters for one line of the Web UI (summaries are single lines). */

@@ -1,6 +1,6 @@
 // Zod-free on purpose: the role supervisor workflow imports values from this module.
 
-/** The lifecycle of a role's supervisor (seed 004 §2.1). */
+/** The lifecycle of a role's supervisor for one tenant (seed 004 §2.1). */
 export type SupervisorPhase = 'Init' | 'Ready' | 'Active' | 'Suspended' | 'Retiring' | 'Terminated';
 
 /** One finished embodiment, as the supervisor receives it. */
@@ -63,6 +63,8 @@ export interface EnforcementDecision {
 /** What the supervisor carries across continue-as-new, and shows through its query. */
 export interface SupervisorState {
   role: string;
+  /** The tenant whose embodiments it counts: its throttle and suspension apply to that tenant only. */
+  tenant: string;
   phase: SupervisorPhase;
   settings: SupervisorSettings;
   /** The rolling window, oldest first (cancelled embodiments are not counted). */

@@ -234,28 +234,30 @@ describe('on PostgreSQL', () => {
     expect(await enforcementReport(db.pool)).toHaveLength(5);
   });
 
-  test('setThrottle sets and lifts a cap on an existing role, reporting whether it changed', async () => {
-    const head = async (): Promise<{ throttle_cap: number | null; throttled_at: Date | null; throttle_reason: string | null }> => {
+  test("setThrottle sets and lifts a cap on an existing role for one tenant, reporting whether it changed; other tenants keep theirs", async () => {
+    const head = async (tenant = 'acme'): Promise<{ throttle_cap: number | null; throttled_at: Date | null; throttle_reason: string | null }> => {
       const { rows } = await db.pool.query<{ throttle_cap: number | null; throttled_at: Date | null; throttle_reason: string | null }>(
-        "SELECT throttle_cap, throttled_at, throttle_reason FROM role_heads WHERE name = 'generalist'",
+        "SELECT throttle_cap, throttled_at, throttle_reason FROM role_tenant_enforcement WHERE role = 'generalist' AND tenant = $1",
+        [tenant],
       );
-      return rows[0]!;
+      return rows[0] ?? { throttle_cap: null, throttled_at: null, throttle_reason: null };
     };
     expect(await head()).toEqual({ throttle_cap: null, throttled_at: null, throttle_reason: null });
-    expect(await setThrottle(db.pool, 'generalist', null, 'nothing to lift')).toBe(false);
-    expect(await setThrottle(db.pool, 'generalist', 2, 'success rate 40% over 20 embodiments')).toBe(true);
+    expect(await setThrottle(db.pool, 'generalist', 'acme', null, 'nothing to lift')).toBe(false);
+    expect(await setThrottle(db.pool, 'generalist', 'acme', 2, 'success rate 40% over 20 embodiments')).toBe(true);
     const throttled = await head();
     expect(throttled).toMatchObject({ throttle_cap: 2, throttle_reason: 'success rate 40% over 20 embodiments' });
     expect(throttled.throttled_at).toBeInstanceOf(Date);
-    expect(await setThrottle(db.pool, 'generalist', 2, 'again')).toBe(false);
+    expect(await head('globex')).toEqual({ throttle_cap: null, throttled_at: null, throttle_reason: null });
+    expect(await setThrottle(db.pool, 'generalist', 'acme', 2, 'again')).toBe(false);
     expect((await head()).throttle_reason).toBe('success rate 40% over 20 embodiments');
-    expect(await setThrottle(db.pool, 'generalist', 1, 'worse')).toBe(true);
+    expect(await setThrottle(db.pool, 'generalist', 'acme', 1, 'worse')).toBe(true);
     expect(await head()).toMatchObject({ throttle_cap: 1, throttle_reason: 'worse' });
-    expect(await setThrottle(db.pool, 'generalist', null, 'recovered')).toBe(true);
+    expect(await setThrottle(db.pool, 'generalist', 'acme', null, 'recovered')).toBe(true);
     expect(await head()).toEqual({ throttle_cap: null, throttled_at: null, throttle_reason: null });
-    expect(await setThrottle(db.pool, 'no-such-role', 1, 'x')).toBe(false);
-    await expect(setThrottle(db.pool, 'generalist', 0, 'x')).rejects.toThrow(RangeError);
-    await expect(db.pool.query("UPDATE role_heads SET throttle_cap = 0 WHERE name = 'generalist'")).rejects.toThrow(/check constraint/);
+    expect(await setThrottle(db.pool, 'no-such-role', 'acme', 1, 'x')).toBe(false);
+    await expect(setThrottle(db.pool, 'generalist', 'acme', 0, 'x')).rejects.toThrow(RangeError);
+    await expect(db.pool.query("UPDATE role_tenant_enforcement SET throttle_cap = 0 WHERE role = 'generalist'")).rejects.toThrow(/check constraint/);
   });
 });
 

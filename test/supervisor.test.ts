@@ -53,15 +53,16 @@ async function publishedPhase(role: string): Promise<string | undefined> {
   return d.status.name === 'RUNNING' ? d.typedSearchAttributes.get(SEARCH_ATTRIBUTES.supervisorPhase) : undefined;
 }
 
+/** Whether the role is suspended for the default tenant (the supervisors in this file are the default tenant's). */
 async function suspendedInRepository(role: string): Promise<boolean> {
-  return (await rows(`SELECT 1 FROM role_heads WHERE name = $1 AND suspended_at IS NOT NULL`, [role])).length === 1;
+  return (await rows(`SELECT 1 FROM role_tenant_enforcement WHERE role = $1 AND tenant = 'default' AND suspended_at IS NOT NULL`, [role])).length === 1;
 }
 
 /** Waits until every view agrees the role is suspended: repository, the worker's role cache, the supervisor (state and search attribute). */
 async function waitForSuspension(role: string): Promise<void> {
   await waitFor(`${role} suspended in the repository, the role cache and its supervisor`, async () =>
     (await suspendedInRepository(role)) &&
-    (await stack.roles.candidates()).candidates.find((c) => c.name === role)?.suspended === true &&
+    (await stack.roles.candidates('default')).candidates.find((c) => c.name === role)?.suspended === true &&
     (await stateOf(role)).phase === 'Suspended' &&
     (await publishedPhase(role)) === 'Suspended',
   );
@@ -147,9 +148,9 @@ test('throttle: the supervisor caps how many embodiments of a role run at once (
     const handle = stack.env.client.workflow.getHandle(supervisorWorkflowId('flaky'));
     for (const o of ['failed', 'failed', 'failed', 'completed', 'completed'] as const) await handle.signal(embodimentOutcomeSignal, outcome({ outcome: o }));
     await waitFor('the throttle', async () => (await stateOf('flaky')).throttleCap === 1);
-    expect(await rows(`SELECT throttle_cap FROM role_heads WHERE name = 'flaky'`)).toEqual([{ throttle_cap: 1 }]);
+    expect(await rows(`SELECT tenant, throttle_cap FROM role_tenant_enforcement WHERE role = 'flaky'`)).toEqual([{ tenant: 'default', throttle_cap: 1 }]);
     // The worker's role cache hears of it by NOTIFY.
-    await waitFor('the cached throttle', async () => (await stack.roles.candidates()).candidates.find((c) => c.name === 'flaky')?.throttleCap === 1);
+    await waitFor('the cached throttle', async () => (await stack.roles.candidates('default')).candidates.find((c) => c.name === 'flaky')?.throttleCap === 1);
 
     await stack.client.submitTask({ taskId: 'throttled', goal: 'three parts', concurrency: 3 });
     await stack.client.result('throttled');
@@ -182,12 +183,12 @@ test("suspension sends the role's subtasks to the fallback; a cool-down reinstat
     expect(result.subtasks[0]).toMatchObject({ role: 'generalist', roleRequested: 'broken', roleFallbackReason: expect.stringContaining('is suspended') });
 
     // Reinstated by a person through the CLI: the repository is lifted and the supervisor hears of it at once.
-    const out = await mare('roles', 'reinstate', 'broken', '--reason', 'fixed the prompt', '--by', 'frank');
-    expect(out).toMatchObject({ code: 0, stdout: 'reinstated broken\n', stderr: expect.stringContaining("told the role's supervisor") });
+    const out = await mare('roles', 'reinstate', 'broken', '--tenant', 'default', '--reason', 'fixed the prompt', '--by', 'frank');
+    expect(out).toMatchObject({ code: 0, stdout: 'reinstated broken for tenant default\n', stderr: expect.stringContaining("told the role's supervisor") });
     expect(await suspendedInRepository('broken')).toBe(false);
     expect((await waitForActive('broken', 'the reinstatement by frank')).window).toEqual([]);
     const shown = await mare('supervisor', 'show', 'broken');
-    expect(shown).toMatchObject({ code: 0, stdout: expect.stringMatching(/^supervisor of broken: Active; throttle none\nwindow: 0 embodiments/) });
+    expect(shown).toMatchObject({ code: 0, stdout: expect.stringMatching(/^supervisor of broken for tenant default: Active; throttle none\nwindow: 0 embodiments/) });
     expect(shown.stdout).toContain('reinstate  by frank: fixed the prompt');
     expect(JSON.parse((await mare('supervisor', 'show', 'broken', '--json')).stdout)).toMatchObject({ role: 'broken', phase: 'Active' });
     expect(await mare('supervisor', 'show', 'nobody')).toMatchObject({ code: 2, stderr: 'mare: role "nobody" has no supervisor yet: one starts with the role\'s first finished embodiment\n' });
@@ -216,7 +217,7 @@ test("suspension sends the role's subtasks to the fallback; a cool-down reinstat
   expect((JSON.parse(report.stdout) as { action: string }[]).map((a) => a.action)).toEqual(['reinstate', 'suspend']);
 }, 300_000);
 
-test("mare roles reinstate answers from the repository's suspended flag whatever the supervisor's phase, and brings a lagging supervisor along", async () => {
+test("mare roles reinstate answers from the repository's suspended flags whatever the supervisor's phase, and brings a lagging supervisor along", async () => {
   await startSupervisor('lagging', { coolDownSeconds: 3600 });
   const handle = stack.env.client.workflow.getHandle(supervisorWorkflowId('lagging'));
   await stack.withWorker({ rules: [{ reply: { text: 'x' } }] }, async () => {
@@ -224,12 +225,12 @@ test("mare roles reinstate answers from the repository's suspended flag whatever
     await waitForSuspension('lagging');
 
     // The supervisor still says Suspended, the repository no longer does (its cool-down's enforce landed, or someone lifted it without telling it).
-    await stack.roles.repository.reinstate('lagging', { actor: 'elsewhere', reason: 'lifted behind the supervisor' });
-    const behind = await mare('roles', 'reinstate', 'lagging', '--reason', 'fixed', '--by', 'grace');
+    await stack.roles.repository.reinstate('lagging', { actor: 'elsewhere', reason: 'lifted behind the supervisor' }, 'default');
+    const behind = await mare('roles', 'reinstate', 'lagging', '--tenant', 'default', '--reason', 'fixed', '--by', 'grace');
     expect(behind).toMatchObject({
       code: 2,
       stdout: '',
-      stderr: `mare: lagging is not suspended; its supervisor (${supervisorWorkflowId('lagging')}) still said Suspended and was told, so it records the reinstatement now\n`,
+      stderr: `mare: lagging is not suspended for tenant default; its supervisor (${supervisorWorkflowId('lagging')}) still said Suspended and was told, so it records the reinstatement now\n`,
     });
     await waitForActive('lagging', 'the lagging supervisor to catch up');
     expect((await enforcementOf('lagging')).map((a) => [a.action, a.decided_by, a.reason])).toEqual([
@@ -237,29 +238,32 @@ test("mare roles reinstate answers from the repository's suspended flag whatever
       ['reinstate', 'grace', 'fixed'],
     ]);
 
-    // Suspended in the repository, not by the supervisor (still Active): the flag is lifted and the supervisor told; it has nothing to undo.
-    expect(await mare('roles', 'suspend', 'lagging', '--reason', 'audit', '--by', 'heidi')).toMatchObject({ code: 0, stdout: 'suspended lagging\n' });
-    const lifted = await mare('roles', 'reinstate', 'lagging', '--reason', 'audit done', '--by', 'ivan');
-    expect(lifted).toMatchObject({ code: 0, stdout: 'reinstated lagging\n', stderr: `told the role's supervisor (${supervisorWorkflowId('lagging')})\n` });
+    // Suspended for the tenant by a person, not by the supervisor (still Active): the flag is lifted and the supervisor told; it has nothing to undo.
+    expect(await mare('roles', 'suspend', 'lagging', '--tenant', 'default', '--reason', 'audit', '--by', 'heidi')).toMatchObject({ code: 0, stdout: 'suspended lagging for tenant default\n' });
+    const lifted = await mare('roles', 'reinstate', 'lagging', '--tenant', 'default', '--reason', 'audit done', '--by', 'ivan');
+    expect(lifted).toMatchObject({ code: 0, stdout: 'reinstated lagging for tenant default\n', stderr: `told the role's supervisor (${supervisorWorkflowId('lagging')})\n` });
     expect(await suspendedInRepository('lagging')).toBe(false);
+    // A global suspension is an operator's: lifting it tells no supervisor.
+    expect(await mare('roles', 'suspend', 'lagging', '--reason', 'incident', '--by', 'heidi')).toMatchObject({ code: 0, stdout: 'suspended lagging\n' });
+    expect(await mare('roles', 'reinstate', 'lagging', '--reason', 'incident over', '--by', 'ivan')).toMatchObject({ code: 0, stdout: 'reinstated lagging\n', stderr: '' });
 
     // Neither the repository nor the supervisor says suspended.
     expect(await mare('roles', 'reinstate', 'lagging', '--reason', 'again')).toMatchObject({ code: 2, stdout: '', stderr: 'mare: lagging is not suspended\n' });
 
     // No supervisor at all: the repository's answer alone, with a note.
-    expect(await mare('roles', 'suspend', 'orphan', '--reason', 'audit')).toMatchObject({ code: 0, stdout: 'suspended orphan\n' });
-    expect(await mare('roles', 'reinstate', 'orphan', '--reason', 'audit done')).toMatchObject({
+    expect(await mare('roles', 'suspend', 'orphan', '--tenant', 'default', '--reason', 'audit')).toMatchObject({ code: 0, stdout: 'suspended orphan for tenant default\n' });
+    expect(await mare('roles', 'reinstate', 'orphan', '--tenant', 'default', '--reason', 'audit done')).toMatchObject({
       code: 0,
-      stdout: 'reinstated orphan\n',
-      stderr: `note: orphan has no running supervisor (${supervisorWorkflowId('orphan')}), so there is no one else to tell; one starts with the role's next finished embodiment\n`,
+      stdout: 'reinstated orphan for tenant default\n',
+      stderr: `note: orphan has no running supervisor for tenant default (${supervisorWorkflowId('orphan')}), so there is no one else to tell; one starts with the role's next finished embodiment for the tenant\n`,
     });
-    expect(await mare('roles', 'reinstate', 'orphan', '--reason', 'again')).toMatchObject({ code: 2, stdout: '', stderr: 'mare: orphan is not suspended\n' });
+    expect(await mare('roles', 'reinstate', 'orphan', '--tenant', 'default', '--reason', 'again')).toMatchObject({ code: 2, stdout: '', stderr: 'mare: orphan is not suspended for tenant default\n' });
     expect(await mare('roles', 'reinstate', 'nosuch', '--reason', 'x')).toMatchObject({ code: 2, stdout: '', stderr: 'mare: no role nosuch\n' });
 
     // Temporal out of reach: the repository is still the answer, and the note says the supervisor was not told.
-    expect(await mare('roles', 'suspend', 'orphan', '--reason', 'audit')).toMatchObject({ code: 0 });
-    const unreachable = await mareWith({ TEMPORAL_ADDRESS: '127.0.0.1:1' }, 'roles', 'reinstate', 'orphan', '--reason', 'offline');
-    expect(unreachable).toMatchObject({ code: 0, stdout: 'reinstated orphan\n', stderr: expect.stringMatching(/^note: the role's supervisor \(\S+\) was not told \(.+\); it records the reinstatement when its cool-down ends\n$/) });
+    expect(await mare('roles', 'suspend', 'orphan', '--tenant', 'default', '--reason', 'audit')).toMatchObject({ code: 0 });
+    const unreachable = await mareWith({ TEMPORAL_ADDRESS: '127.0.0.1:1' }, 'roles', 'reinstate', 'orphan', '--tenant', 'default', '--reason', 'offline');
+    expect(unreachable).toMatchObject({ code: 0, stdout: 'reinstated orphan for tenant default\n', stderr: expect.stringMatching(/^note: the role's supervisor \(\S+\) was not told \(.+\); it records the reinstatement when its cool-down ends\n$/) });
   });
   expect((await enforcementOf('lagging')).map((a) => a.action)).toEqual(['suspend', 'reinstate']);
 }, 300_000);

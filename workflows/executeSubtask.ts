@@ -100,7 +100,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
 
   try {
     // The role version is resolved once, here, and pinned: publishes and rollbacks during the run change nothing.
-    const loaded = await store(`load role ${subtask.role} for ${subtask.id}`).loadRole({ taskId, subtaskId: subtask.id, name: subtask.role, title: subtask.title });
+    const loaded = await store(`load role ${subtask.role} for ${subtask.id}`).loadRole({ taskId, subtaskId: subtask.id, name: subtask.role, title: subtask.title, tenant });
     const role = loaded.profile;
     Object.assign(result, {
       role: role.name,
@@ -192,7 +192,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       }
 
       // Escalation to another role: a fresh embodiment of it, pinned like the first, with no memory of this one.
-      const next = await store(`load role ${current.escalateTo} for ${subtask.id} (escalation)`).loadRole({ taskId, subtaskId: subtask.id, name: current.escalateTo, title: subtask.title });
+      const next = await store(`load role ${current.escalateTo} for ${subtask.id} (escalation)`).loadRole({ taskId, subtaskId: subtask.id, name: current.escalateTo, title: subtask.title, tenant });
       const id = `${next.profile.name}@${next.profile.version}`;
       if (embodied.some((e) => e.startsWith(`${next.profile.name}@`))) {
         throw ApplicationFailure.nonRetryable(`${failure}; escalation to ${current.escalateTo} would embody ${id} again`, 'VerificationFailed');
@@ -248,13 +248,13 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
   }
 
   /**
-   * Waits for a slot from the supervisor of a throttled role (the supervisor hands out at most its
-   * cap at once). Without a running supervisor there is nobody to wait for: the embodiment runs.
+   * Waits for a slot from the tenant's supervisor of a throttled role (it hands out at most its cap
+   * at once). Without a running supervisor there is nobody to wait for: the embodiment runs.
    */
   async function acquireSlot(roleName: string): Promise<void> {
     slotGranted = false;
     try {
-      await getExternalWorkflowHandle(supervisorWorkflowId(roleName)).signal(acquireSlotSignal, { workflowId: workflowInfo().workflowId });
+      await getExternalWorkflowHandle(supervisorWorkflowId(roleName, tenant)).signal(acquireSlotSignal, { workflowId: workflowInfo().workflowId });
     } catch {
       return;
     }
@@ -268,7 +268,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     if (!slotHolder) return;
     const roleName = slotHolder;
     slotHolder = undefined;
-    await getExternalWorkflowHandle(supervisorWorkflowId(roleName))
+    await getExternalWorkflowHandle(supervisorWorkflowId(roleName, tenant))
       .signal(releaseSlotSignal, { workflowId: workflowInfo().workflowId })
       .catch(() => undefined);
   }
@@ -280,7 +280,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     if (last && last.ended === undefined) last.ended = Date.now();
   }
 
-  /** One reliability row per embodiment, and its outcome signalled to the role's supervisor. */
+  /** One reliability row per embodiment, and its outcome signalled to the role's supervisor for this tenant. */
   async function recordEmbodiments(): Promise<void> {
     if (!embodiments.length) return;
     // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock, for the embodiments' latency
@@ -289,6 +289,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
       taskId,
       subtaskId: subtask.id,
       workflowId: workflowInfo().workflowId,
+      tenant,
       models: result.models,
       escalations: result.escalations ?? 0,
       embodiments: embodiments.map((e, i) => {

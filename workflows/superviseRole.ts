@@ -9,7 +9,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
-import { oneLine, SEARCH_ATTRIBUTES } from '../schemas/constants';
+import { DEFAULT_TENANT, oneLine, SEARCH_ATTRIBUTES } from '../schemas/constants';
 import { decide, SUPERVISOR_DEFAULTS, type EnforcementDecision, type OutcomeReport, type SupervisorSettings, type SupervisorState } from '../schemas/supervisor';
 import {
   acquireSlotSignal,
@@ -30,16 +30,19 @@ const enforcement = (summary: string): ReturnType<typeof proxyActivities<ReturnT
     summary: oneLine(summary, 200),
   });
 
-/** Input of a role's supervisor; `carried` is its own state when it continues as new. */
+/** Input of a role's supervisor for one tenant; `carried` is its own state when it continues as new. */
 export interface SuperviseRoleInput {
   role: string;
+  /** The tenant whose embodiments of the role it counts and whose enforcement it decides (default: "default"). */
+  tenant?: string;
   settings?: Partial<SupervisorSettings>;
   carried?: SupervisorState;
 }
 
 /**
- * The monitor–analyze–plan–execute loop of one role, for as long as the role is used: every
- * embodiment's outcome arrives as a signal and joins a rolling window; the decisions (warning,
+ * The monitor–analyze–plan–execute loop of one role for one tenant, for as long as the tenant uses
+ * the role (one workflow per role and tenant, so one tenant's failures never throttle or suspend
+ * the role for another): every embodiment's outcome arrives as a signal and joins a rolling window; the decisions (warning,
  * throttle, suspend, reinstate after a cool-down or when a person says so) are carried out by the
  * `enforce` activity and recorded with their reason and evidence. While the role is throttled the
  * supervisor hands out slots, so at most `throttleCap` embodiments run at once. It continues as new
@@ -48,9 +51,10 @@ export interface SuperviseRoleInput {
 export async function superviseRole(input: SuperviseRoleInput): Promise<SupervisorState> {
   workflowVersions();
   const settings: SupervisorSettings = { ...SUPERVISOR_DEFAULTS, ...input.carried?.settings, ...input.settings };
+  const tenant = input.tenant ?? input.carried?.tenant ?? DEFAULT_TENANT;
   const state: SupervisorState = input.carried
-    ? { ...input.carried, settings, runs: input.carried.runs + 1 }
-    : { role: input.role, phase: 'Init', settings, window: [], seen: [], throttleCap: null, holders: [], queue: [], actions: [], actionSeq: 0, outcomesSeen: 0, runs: 1 };
+    ? { ...input.carried, tenant, settings, runs: input.carried.runs + 1 }
+    : { role: input.role, tenant, phase: 'Init', settings, window: [], seen: [], throttleCap: null, holders: [], queue: [], actions: [], actionSeq: 0, outcomesSeen: 0, runs: 1 };
   const outcomes: OutcomeReport[] = [];
   const reinstatements: { by: string; reason: string }[] = [];
   let retiring = false;
@@ -123,7 +127,7 @@ export async function superviseRole(input: SuperviseRoleInput): Promise<Supervis
     if (tooLong() && !outcomes.length && !reinstatements.length) {
       await condition(allHandlersFinished);
       // A signal that arrived meanwhile is handled first, in the next turn of the loop.
-      if (!outcomes.length && !reinstatements.length) await continueAsNew<typeof superviseRole>({ role: state.role, carried: state });
+      if (!outcomes.length && !reinstatements.length) await continueAsNew<typeof superviseRole>({ role: state.role, tenant: state.tenant, carried: state });
     }
   }
 
@@ -132,7 +136,7 @@ export async function superviseRole(input: SuperviseRoleInput): Promise<Supervis
     // Unique per supervisor, across continue-as-new: a supervisor started after a retired one counts from 1 again.
     const key = `${state.role}:${workflowInfo().firstExecutionRunId}:${++state.actionSeq}`;
     const cap = d.action === 'throttle' ? settings.throttleCap : null;
-    await enforcement(`${d.action} ${state.role}: ${d.reason}`).enforce({ key, role: state.role, roleVersion, action: d.action, reason: d.reason, evidence: d.evidence, decidedBy, throttleCap: cap });
+    await enforcement(`${d.action} ${state.role} for tenant ${state.tenant}: ${d.reason}`).enforce({ key, role: state.role, tenant: state.tenant, roleVersion, action: d.action, reason: d.reason, evidence: d.evidence, decidedBy, throttleCap: cap });
     switch (d.action) {
       case 'suspend':
         state.phase = 'Suspended';
@@ -161,6 +165,7 @@ export async function superviseRole(input: SuperviseRoleInput): Promise<Supervis
       { key: SEARCH_ATTRIBUTES.supervisorPhase, value: state.phase },
       { key: SEARCH_ATTRIBUTES.supervisorThrottle, value: state.throttleCap === null ? 'none' : String(state.throttleCap) },
       { key: SEARCH_ATTRIBUTES.roles, value: [state.role] },
+      { key: SEARCH_ATTRIBUTES.tenant, value: state.tenant },
     ]);
   }
 }

@@ -1,5 +1,6 @@
 import { Context } from '@temporalio/activity';
-import { TASK_QUEUE, supervisorWorkflowId, type TokenUsage } from '../../schemas';
+import { ApplicationFailure } from '@temporalio/common';
+import { DEFAULT_TENANT, TASK_QUEUE, supervisorWorkflowId, TaskRequest, type TokenUsage } from '../../schemas';
 import type { EnforcementDecision, OutcomeReport } from '../../schemas/supervisor';
 import type { ActivityDeps } from '../deps';
 import { RoleNotFoundError, RoleRepositoryError } from '../roles/repository';
@@ -24,11 +25,12 @@ export function createReliabilityActivities(deps: ActivityDeps) {
   const { pool } = deps;
   return {
     /**
-     * Stores one reliability row per embodiment (once per key) and signals each outcome to its
-     * role's supervisor, starting the supervisor if it is not running (signal-with-start).
+     * Stores one reliability row per embodiment (once per key) and signals each outcome to the
+     * supervisor of its role for the task's tenant, starting it if it is not running (signal-with-start).
      */
-    async recordEmbodiments(input: { taskId: string; subtaskId: string; workflowId: string; models: string[]; escalations: number; embodiments: EmbodimentReport[] }): Promise<void> {
+    async recordEmbodiments(input: { taskId: string; subtaskId: string; workflowId: string; tenant?: string; models: string[]; escalations: number; embodiments: EmbodimentReport[] }): Promise<void> {
       const client = Context.current().client;
+      const tenant = checkTenant(input.tenant);
       for (const [i, e] of input.embodiments.entries()) {
         const key = `${input.workflowId}#${i + 1}`;
         const latencyMs = Math.max(0, Date.parse(e.endedAt) - Date.parse(e.startedAt));
@@ -36,6 +38,7 @@ export function createReliabilityActivities(deps: ActivityDeps) {
           key,
           taskId: input.taskId,
           subtaskId: input.subtaskId,
+          tenant,
           role: e.role,
           roleVersion: e.version,
           models: input.models,
@@ -51,30 +54,41 @@ export function createReliabilityActivities(deps: ActivityDeps) {
         });
         const report: OutcomeReport = { key, roleVersion: e.version, outcome: e.outcome, score: e.score, latencyMs, endedAt: e.endedAt };
         await client.workflow.signalWithStart('superviseRole', {
-          workflowId: supervisorWorkflowId(e.role),
+          workflowId: supervisorWorkflowId(e.role, tenant),
           taskQueue: TASK_QUEUE,
-          args: [{ role: e.role }],
+          args: [{ role: e.role, tenant }],
           signal: 'embodimentOutcome',
           signalArgs: [report],
         });
       }
     },
 
-    /** Carries out a supervisor's decision on its role and records it with its reason and evidence. */
-    async enforce(input: EnforcementDecision & { key: string; role: string; roleVersion?: string; decidedBy: string; throttleCap: number | null }): Promise<void> {
+    /**
+     * Carries out a supervisor's decision on its role for its tenant (never for every tenant: that
+     * is an operator's decision) and records it with its reason and evidence.
+     */
+    async enforce(input: EnforcementDecision & { key: string; role: string; tenant?: string; roleVersion?: string; decidedBy: string; throttleCap: number | null }): Promise<void> {
+      const tenant = checkTenant(input.tenant);
       const who = { actor: input.decidedBy, reason: input.reason };
       try {
-        if (input.action === 'suspend') await deps.roles.repository.suspend(input.role, who);
-        if (input.action === 'reinstate') await deps.roles.repository.reinstate(input.role, who);
+        if (input.action === 'suspend') await deps.roles.repository.suspend(input.role, who, tenant);
+        if (input.action === 'reinstate') await deps.roles.repository.reinstate(input.role, who, tenant);
       } catch (err) {
         // Already in that state (a person did it first, or this is a retry): the record still lands.
         if (!(err instanceof RoleRepositoryError || err instanceof RoleNotFoundError)) throw err;
       }
-      if (input.action === 'throttle' || input.action === 'unthrottle') await setThrottle(pool, input.role, input.action === 'throttle' ? input.throttleCap : null, input.reason);
-      await recordEnforcement(pool, { key: input.key, role: input.role, roleVersion: input.roleVersion, action: input.action, reason: input.reason, evidence: input.evidence, decidedBy: input.decidedBy });
-      await audit(pool, `role:${input.role}`, `enforcement.${input.action}`, { role: input.role, reason: input.reason, decidedBy: input.decidedBy }, input.key);
+      if (input.action === 'throttle' || input.action === 'unthrottle') await setThrottle(pool, input.role, tenant, input.action === 'throttle' ? input.throttleCap : null, input.reason);
+      await recordEnforcement(pool, { key: input.key, role: input.role, tenant, roleVersion: input.roleVersion, action: input.action, reason: input.reason, evidence: input.evidence, decidedBy: input.decidedBy });
+      await audit(pool, `role:${input.role}`, `enforcement.${input.action}`, { role: input.role, tenant, reason: input.reason, decidedBy: input.decidedBy }, input.key);
       recordEnforcementMetric(input.role, input.action);
-      deps.logger.warn({ role: input.role, action: input.action, reason: input.reason }, 'role enforcement');
+      deps.logger.warn({ role: input.role, tenant, action: input.action, reason: input.reason }, 'role enforcement');
     },
   };
+}
+
+/** A tenant as a task names it (the task schema's format), or the default; anything else is refused, not retried. */
+function checkTenant(tenant: string | undefined): string {
+  if (tenant === undefined) return DEFAULT_TENANT;
+  if (!TaskRequest.shape.tenant.safeParse(tenant).success) throw ApplicationFailure.nonRetryable(`tenant ${JSON.stringify(tenant)} is not a valid tenant name`, 'InvalidTenant');
+  return tenant;
 }

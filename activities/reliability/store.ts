@@ -1,5 +1,6 @@
 import type { Pool } from 'pg';
 import semver from 'semver';
+import { DEFAULT_TENANT } from '../../schemas/constants';
 
 /** A report asked for wrongly (an unreadable --since, a bad --limit): exit code 2 in the CLI. */
 export class ReportUsageError extends Error {
@@ -15,6 +16,8 @@ export interface EmbodimentRecord {
   key: string;
   taskId: string;
   subtaskId: string;
+  /** The task's tenant, whose supervisor counts this embodiment (default: "default"). */
+  tenant?: string;
   role: string;
   roleVersion: string;
   /** Every model the embodiment called. */
@@ -40,6 +43,8 @@ export interface EnforcementRecord {
   /** Idempotency key: a retried write with the same key is a no-op (the first row stays). */
   key: string;
   role: string;
+  /** The tenant it applies to; absent: every tenant. */
+  tenant?: string;
   roleVersion?: string;
   action: EnforcementAction;
   reason: string;
@@ -54,8 +59,8 @@ export interface EnforcementRecord {
 export async function recordEmbodiment(pool: Pool, r: EmbodimentRecord): Promise<boolean> {
   const { rowCount } = await pool.query(
     `INSERT INTO embodiments (embodiment_key, task_id, subtask_id, role, role_version, models, outcome, score, attempts,
-       escalations, latency_ms, input_tokens, output_tokens, started_at, ended_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+       escalations, latency_ms, input_tokens, output_tokens, started_at, ended_at, tenant)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
      ON CONFLICT (embodiment_key) DO NOTHING`,
     [
       r.key,
@@ -74,6 +79,7 @@ export async function recordEmbodiment(pool: Pool, r: EmbodimentRecord): Promise
       r.outputTokens,
       r.startedAt,
       r.endedAt,
+      r.tenant ?? DEFAULT_TENANT,
     ],
   );
   return rowCount === 1;
@@ -82,28 +88,36 @@ export async function recordEmbodiment(pool: Pool, r: EmbodimentRecord): Promise
 /** Records an enforcement action once per key; returns whether this call wrote it. */
 export async function recordEnforcement(pool: Pool, r: EnforcementRecord): Promise<boolean> {
   const { rowCount } = await pool.query(
-    `INSERT INTO enforcement_actions (action_key, role, role_version, action, reason, evidence, decided_by, at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, now()))
+    `INSERT INTO enforcement_actions (action_key, role, role_version, action, reason, evidence, decided_by, at, tenant)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::timestamptz, now()), $9)
      ON CONFLICT (action_key) DO NOTHING`,
-    [r.key, r.role, r.roleVersion ?? null, r.action, r.reason, JSON.stringify(r.evidence), r.decidedBy, r.at ?? null],
+    [r.key, r.role, r.roleVersion ?? null, r.action, r.reason, JSON.stringify(r.evidence), r.decidedBy, r.at ?? null, r.tenant ?? null],
   );
   return rowCount === 1;
 }
 
 /**
- * Sets (a positive integer) or lifts (null) a role's cap on concurrent embodiments. Returns whether
- * the cap changed: false when the role does not exist or already had that cap.
+ * Sets (a positive integer) or lifts (null) a role's cap on concurrent embodiments for one tenant.
+ * Returns whether the cap changed: false when the role does not exist or already had that cap.
  */
-export async function setThrottle(pool: Pool, role: string, cap: number | null, reason: string): Promise<boolean> {
+export async function setThrottle(pool: Pool, role: string, tenant: string, cap: number | null, reason: string): Promise<boolean> {
   if (cap !== null && !(Number.isInteger(cap) && cap >= 1)) throw new RangeError(`throttle cap must be a positive integer or null, not ${cap}`);
+  if (cap === null) {
+    const lifted = await pool.query(
+      `UPDATE role_tenant_enforcement SET throttle_cap = NULL, throttled_at = NULL, throttle_reason = NULL, updated_at = now()
+        WHERE role = $1 AND tenant = $2 AND throttle_cap IS NOT NULL`,
+      [role, tenant],
+    );
+    return lifted.rowCount === 1;
+  }
+  // INSERT … SELECT from role_heads: an unknown role gets no row.
   const { rowCount } = await pool.query(
-    `UPDATE role_heads
-        SET throttle_cap = $2::int,
-            throttled_at = CASE WHEN $2::int IS NULL THEN NULL ELSE now() END,
-            throttle_reason = CASE WHEN $2::int IS NULL THEN NULL ELSE $3 END,
-            updated_at = now()
-      WHERE name = $1 AND throttle_cap IS DISTINCT FROM $2::int`,
-    [role, cap, reason],
+    `INSERT INTO role_tenant_enforcement (role, tenant, throttle_cap, throttled_at, throttle_reason)
+       SELECT name, $2, $3::int, now(), $4 FROM role_heads WHERE name = $1
+     ON CONFLICT (role, tenant) DO UPDATE
+        SET throttle_cap = EXCLUDED.throttle_cap, throttled_at = EXCLUDED.throttled_at, throttle_reason = EXCLUDED.throttle_reason, updated_at = now()
+      WHERE role_tenant_enforcement.throttle_cap IS DISTINCT FROM EXCLUDED.throttle_cap`,
+    [role, tenant, cap, reason],
   );
   return rowCount === 1;
 }

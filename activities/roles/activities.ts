@@ -1,6 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
-import { DEFAULT_ROLE, type LoadedRole } from '../../schemas';
+import { DEFAULT_ROLE, DEFAULT_TENANT, type LoadedRole } from '../../schemas';
 import type { ActivityDeps } from '../deps';
 import { audit } from '../store';
 import { RoleIntegrityError, UnknownRoleKeyError } from './crypto';
@@ -13,6 +13,8 @@ export interface LoadRoleInput {
   subtaskId: string;
   name: string;
   title?: string;
+  /** The task's tenant: a role suspended or throttled for this tenant is treated so (default: "default"). */
+  tenant?: string;
 }
 
 /** Role activities: routing and loading (the version read here is pinned for the whole embodiment). */
@@ -20,13 +22,13 @@ export function createRoleActivities({ pool, roles, logger }: Pick<ActivityDeps,
   return {
     /**
      * Routes the subtask to a role and loads that role's latest version. The planner's role is
-     * used if available; an unknown, deprecated or suspended one is replaced (by `handles`, else
+     * used if available; an unknown, deprecated or suspended (for every tenant or for the task's) one is replaced (by `handles`, else
      * the generalist) and the reason is returned and audited. A profile failing its integrity check
      * is never used: the subtask fails.
      */
     async loadRole(input: LoadRoleInput): Promise<LoadedRole> {
       try {
-        const { candidates, note: staleCandidates } = await roles.candidates();
+        const { candidates, note: staleCandidates } = await roles.candidates(input.tenant ?? DEFAULT_TENANT);
         const route = routeSubtask({ requested: input.name, title: input.title ?? '', candidates });
         let resolved = await roles.resolve(route.name);
         let reason = route.reason;
@@ -44,7 +46,7 @@ export function createRoleActivities({ pool, roles, logger }: Pick<ActivityDeps,
           routedBy: reason && route.routedBy === 'planner' ? 'default' : route.routedBy,
           ...(notes.length ? { fallbackReason: notes.join('; ') } : {}),
         };
-        // From the (cached, change-notified) routing candidates: a throttle applies to the next embodiment.
+        // From the tenant's (cached, change-notified) routing candidates: a throttle applies to its next embodiment.
         const throttleCap = candidates.find((c) => c.name === loaded.profile.name)?.throttleCap;
         if (throttleCap) loaded.throttleCap = throttleCap;
         await bestEffortAudit(logger, () =>

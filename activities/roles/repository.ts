@@ -26,10 +26,18 @@ export interface StoredRole {
   deprecated?: { at: Date; reason: string };
   /** Whether `latest` points at this version. */
   latest: boolean;
-  /** Set when the role (all its versions) is suspended. */
+  /** Set when the role (all its versions) is suspended for every tenant (an operator's decision). */
   suspended?: { at: Date; reason: string };
-  /** Set while its supervisor throttles the role: embodiments that may run at once. */
+}
+
+/** A role's enforcement for one tenant: suspended, throttled, or both (rows with neither are not listed). */
+export interface TenantEnforcement {
+  role: string;
+  tenant: string;
+  suspended?: { at: Date; reason: string };
+  /** Embodiments of the role that may run at once for this tenant. */
   throttleCap?: number;
+  throttleReason?: string;
 }
 
 /** A version's metadata, without decrypting it. */
@@ -101,12 +109,11 @@ interface VersionRow {
   latest: string | null;
   suspended_at: Date | null;
   suspended_reason: string | null;
-  throttle_cap: number | null;
 }
 
 const SELECT_VERSIONS = `
   SELECT v.name, v.version, v.checksum, v.key_id, v.iv, v.auth_tag, v.ciphertext, v.published_at, v.published_by,
-         v.deprecated_at, v.deprecated_reason, h.latest, h.suspended_at, h.suspended_reason, h.throttle_cap
+         v.deprecated_at, v.deprecated_reason, h.latest, h.suspended_at, h.suspended_reason
   FROM role_versions v LEFT JOIN role_heads h ON h.name = v.name`;
 
 type Queryable = Pick<Pool, 'query'> | PoolClient;
@@ -218,14 +225,35 @@ export class RoleRepository {
     });
   }
 
-  /** Suspends a role: the router sends its subtasks elsewhere until it is reinstated. */
-  async suspend(name: string, who: Actor): Promise<void> {
-    await this.setSuspended(name, who, true);
+  /**
+   * Suspends a role: the router sends its subtasks elsewhere until it is reinstated. Without a
+   * tenant for every tenant (the role's flag); with one for that tenant's subtasks only.
+   */
+  async suspend(name: string, who: Actor, tenant?: string): Promise<void> {
+    if (tenant === undefined) await this.setSuspended(name, who, true);
+    else await this.setTenantSuspended(name, tenant, who, true);
   }
 
-  /** Lifts a suspension. */
-  async reinstate(name: string, who: Actor): Promise<void> {
-    await this.setSuspended(name, who, false);
+  /** Lifts a suspension: the global one, or one tenant's. */
+  async reinstate(name: string, who: Actor, tenant?: string): Promise<void> {
+    if (tenant === undefined) await this.setSuspended(name, who, false);
+    else await this.setTenantSuspended(name, tenant, who, false);
+  }
+
+  /** Per-tenant suspensions and throttles in force (of one role, or of all), by role and tenant. */
+  async tenantEnforcement(name?: string): Promise<TenantEnforcement[]> {
+    const { rows } = await this.pool.query<{ role: string; tenant: string; suspended_at: Date | null; suspended_reason: string | null; throttle_cap: number | null; throttle_reason: string | null }>(
+      `SELECT role, tenant, suspended_at, suspended_reason, throttle_cap, throttle_reason FROM role_tenant_enforcement
+        WHERE ($1::text IS NULL OR role = $1) AND (suspended_at IS NOT NULL OR throttle_cap IS NOT NULL)
+        ORDER BY role, tenant`,
+      [name ?? null],
+    );
+    return rows.map((r) => ({
+      role: r.role,
+      tenant: r.tenant,
+      ...(r.suspended_at ? { suspended: { at: r.suspended_at, reason: r.suspended_reason ?? '' } } : {}),
+      ...(r.throttle_cap ? { throttleCap: r.throttle_cap, throttleReason: r.throttle_reason ?? '' } : {}),
+    }));
   }
 
   /**
@@ -343,6 +371,21 @@ export class RoleRepository {
     });
   }
 
+  private async setTenantSuspended(name: string, tenant: string, who: Actor, suspended: boolean): Promise<void> {
+    await this.inTransaction(async (db) => {
+      const head = await db.query('SELECT 1 FROM role_heads WHERE name = $1 FOR UPDATE', [name]);
+      if (!head.rowCount) throw new RoleNotFoundError(`no role ${name}`);
+      const { rows } = await db.query<{ suspended_at: Date | null }>('SELECT suspended_at FROM role_tenant_enforcement WHERE role = $1 AND tenant = $2 FOR UPDATE', [name, tenant]);
+      if (Boolean(rows[0]?.suspended_at) === suspended) throw new RoleRepositoryError(`${name} is ${suspended ? 'already' : 'not'} suspended for tenant ${tenant}`);
+      await db.query(
+        `INSERT INTO role_tenant_enforcement (role, tenant, suspended_at, suspended_reason) VALUES ($1, $2, CASE WHEN $3 THEN now() END, CASE WHEN $3 THEN $4 END)
+         ON CONFLICT (role, tenant) DO UPDATE SET suspended_at = EXCLUDED.suspended_at, suspended_reason = EXCLUDED.suspended_reason, updated_at = now()`,
+        [name, tenant, suspended, who.reason ?? ''],
+      );
+      await writeAudit(db, who, suspended ? 'suspend' : 'reinstate', name, null, { tenant });
+    });
+  }
+
   /** Decrypts a row and checks its checksum; a mismatch is a RoleIntegrityError. */
   private decrypt(row: VersionRow): StoredRole {
     const id = `${row.name}@${row.version}`;
@@ -362,7 +405,6 @@ export class RoleRepository {
       ...(row.deprecated_at ? { deprecated: { at: row.deprecated_at, reason: row.deprecated_reason ?? '' } } : {}),
       latest: row.latest === row.version,
       ...(row.suspended_at ? { suspended: { at: row.suspended_at, reason: row.suspended_reason ?? '' } } : {}),
-      ...(row.throttle_cap ? { throttleCap: row.throttle_cap } : {}),
     };
   }
 }

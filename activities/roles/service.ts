@@ -5,7 +5,7 @@ import { ChangeListener } from '../changeListener';
 import type { Logger } from 'pino';
 import type { RoleSource } from '../../schemas';
 import { RoleIntegrityError, UnknownRoleKeyError, type RoleKeyring } from './crypto';
-import { RoleRepository, type StoredRole } from './repository';
+import { RoleRepository, type StoredRole, type TenantEnforcement } from './repository';
 
 /** What routing needs to know about each role's latest version. */
 export interface RoleCandidate {
@@ -15,8 +15,9 @@ export interface RoleCandidate {
   tools: string[];
   handles: string[];
   deprecated: boolean;
+  /** Suspended for every tenant, or (in a tenant's view) for that tenant. */
   suspended: boolean;
-  /** Set while its supervisor throttles the role (embodiments at once). */
+  /** In a tenant's view: set while the tenant's supervisor throttles the role (embodiments at once). */
   throttleCap?: number;
   /** Fails decryption or its integrity check: routed to only if asked for by name (and then refused). */
   unreadable?: string;
@@ -60,7 +61,7 @@ export function roleCacheOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): P
   return { ttlMs: num('MARE_ROLE_CACHE_TTL_MS'), maxEntries: num('MARE_ROLE_CACHE_SIZE') };
 }
 
-type Entry = { role: StoredRole | undefined } | { candidates: RoleCandidate[] };
+type Entry = { role: StoredRole | undefined } | { candidates: RoleCandidate[]; tenants: TenantEnforcement[] };
 
 const CANDIDATES = '*candidates';
 
@@ -110,8 +111,12 @@ export class RoleService {
     return { role: found.entry.role, source: found.source, ...(found.note ? { note: found.note } : {}) };
   }
 
-  /** Latest version of every role with its handles and availability, for routing. */
-  async candidates(): Promise<{ candidates: RoleCandidate[]; note?: string }> {
+  /**
+   * Latest version of every role with its handles and availability, for routing. With a tenant,
+   * the tenant's view: a role suspended for that tenant is suspended, and its throttle is the
+   * tenant's; without one, only the global suspension counts.
+   */
+  async candidates(tenant?: string): Promise<{ candidates: RoleCandidate[]; note?: string }> {
     const found = await this.read(CANDIDATES, async () => {
       const unreadable: RoleCandidate[] = [];
       const roles = await this.repository.list({ includeDeprecated: true }, (info, err) => {
@@ -128,11 +133,16 @@ export class RoleService {
           handles: r.profile.handles,
           deprecated: Boolean(r.deprecated),
           suspended: Boolean(r.suspended),
-          ...(r.throttleCap ? { throttleCap: r.throttleCap } : {}),
         }))),
+        tenants: await this.repository.tenantEnforcement(),
       };
     });
-    return { candidates: 'candidates' in found.entry ? found.entry.candidates : [], ...(found.note ? { note: found.note } : {}) };
+    const entry = 'candidates' in found.entry ? found.entry : { candidates: [], tenants: [] };
+    const candidates = tenant === undefined ? entry.candidates : entry.candidates.map((c) => {
+      const own = entry.tenants.find((t) => t.role === c.name && t.tenant === tenant);
+      return own ? { ...c, suspended: c.suspended || Boolean(own.suspended), ...(own.throttleCap ? { throttleCap: own.throttleCap } : {}) } : c;
+    });
+    return { candidates, ...(found.note ? { note: found.note } : {}) };
   }
 
   /** Stops listening. */
