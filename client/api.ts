@@ -407,7 +407,7 @@ export function openApiDocument(): Record<string, unknown> {
   const error = (description: string): { $ref: string } => ({ $ref: `#/components/responses/${description}` });
   const taskIdParam = { name: 'id', in: 'path', required: true, description: 'The task id.', schema: jsonSchema(TaskId) };
   const guarded = { security: [{ bearer: [] }] };
-  const common = { '401': error('Unauthorized'), '500': error('InternalError'), '503': error('Unavailable') };
+  const common = { '401': error('Unauthorized'), '403': error('Forbidden'), '500': error('InternalError'), '503': error('Unavailable') };
 
   return {
     openapi: '3.1.0',
@@ -424,7 +424,7 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'Submit a task. The task id is the idempotency key: the same id again returns the existing task.',
           ...guarded,
           requestBody: { required: true, content: { 'application/json': { schema: ref('SubmitTaskRequest') } } },
-          responses: { '202': json(ref('TaskAccepted'), 'Started, or already started under that id.'), '400': error('BadRequest'), '413': error('TooLarge'), '415': error('UnsupportedMediaType'), ...common },
+          responses: { '202': json(ref('TaskAccepted'), 'Started, or already started under that id.'), '400': error('BadRequest'), '409': error('Conflict'), '413': error('TooLarge'), '415': error('UnsupportedMediaType'), ...common },
         },
       },
       '/v1/tasks/{id}': {
@@ -513,7 +513,14 @@ export function openApiDocument(): Record<string, unknown> {
       },
     },
     components: {
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'The API key (MARE_API_KEY of `mare api`).' } },
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          description:
+            "An API key (`mare keys create`, or the operator's MARE_API_KEY). A key acts only in its tenant (another tenant's task is a 404) and needs the route's scope: submit (submit, cancel), read (tasks, events, approvals), approve (decisions), commands (command_succeeds criteria); admin holds every scope in every tenant.",
+        },
+      },
       schemas: {
         SubmitTaskRequest: jsonSchema(SubmitTaskInput),
         ApprovalDecisionRequest: jsonSchema(DecisionBody),
@@ -609,9 +616,10 @@ export function openApiDocument(): Record<string, unknown> {
         (
           [
             ['BadRequest', 'Invalid body, parameter or task id; `issues` names each field.'],
-            ['Unauthorized', 'Missing or wrong API key.'],
-            ['NotFound', 'No such task or approval.'],
-            ['Conflict', 'The approval is no longer pending, or the task has already ended.'],
+            ['Unauthorized', 'Missing, wrong or revoked API key.'],
+            ['Forbidden', 'The key lacks the scope this call needs.'],
+            ['NotFound', "No such task or approval, or another tenant's."],
+            ['Conflict', "The approval is no longer pending, the task has already ended, or the task id is another tenant's."],
             ['TooLarge', 'The body is larger than 1 MiB.'],
             ['UnsupportedMediaType', 'The body is not application/json.'],
             ['InternalError', 'Unexpected error; the body carries only a request id.'],

@@ -14,10 +14,10 @@ export type ApiScope = (typeof API_SCOPES)[number];
 /** What each scope allows, for `--help` and the docs. */
 export const SCOPE_MEANINGS: Record<ApiScope, string> = {
   submit: 'submit tasks and cancel them',
-  read: "read tasks, their events and their approvals",
+  read: 'read tasks, their events and their approvals',
   approve: 'decide approvals',
-  commands: 'submit command_succeeds acceptance criteria (runs a command on a worker)',
-  admin: 'every scope, in every tenant (operators)',
+  commands: 'submit command_succeeds criteria, which run a command on a worker',
+  admin: 'every scope in every tenant, for operators',
 };
 
 /** Tenant names, as a task's `tenant`. */
