@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type http from 'node:http';
@@ -11,7 +11,7 @@ import { approverIdentity } from '../../client/approvalsCommand';
 import type { TaskView } from '../../client/client';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES, taskWorkflowId, type ApprovalView } from '../../schemas';
-import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
+import { createTestStack, freePort, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 /**
  * Threat model, tenants (issue 15 §5, and the API side of §3 and §4): an API key sees and acts only
@@ -318,4 +318,27 @@ test('the CLI approver is the operating-system account; --by is only a note besi
   expect(approverIdentity('alice')).toBe(`alice (via ${os})`);
   expect(approverIdentity(os)).toBe(os);
   expect(() => approverIdentity('x'.repeat(121))).toThrow(/at most 120/);
+});
+
+test('mare api with DATABASE_URL and no MARE_API_KEY: the stored keys are the only keys', async () => {
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env, TEMPORAL_ADDRESS: stack.env.address, TEMPORAL_NAMESPACE: 'default', MARE_PAYLOAD_KEYS: 'none', MARE_LOG_LEVEL: 'warn', DATABASE_URL: stack.databaseUrl };
+  delete env.MARE_API_KEY;
+  const child = spawn(process.execPath, [CLI, 'api', '--port', String(port)], { env });
+  let stdout = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  try {
+    await waitFor('mare api to listen', () => Promise.resolve(stdout.includes('MARE HTTP API on') ? true : undefined), 30_000);
+    expect(stdout).not.toContain('MARE_API_KEY only');
+    const at = `http://127.0.0.1:${port}`;
+    const call = async (token: string, route: string): Promise<number> => (await fetch(`${at}${route}`, { headers: { authorization: `Bearer ${token}` } })).status;
+    expect(await call(keys.alice!.secret, '/v1/approvals')).toBe(200);
+    expect(await call(keys.alice!.secret, '/v1/tasks/globex-plan')).toBe(404);
+    expect(await call(keys.bob!.secret, '/v1/tasks/globex-plan')).toBe(200);
+    expect(await call('0123456789abcdef0123456789abcdef', '/v1/approvals')).toBe(401);
+  } finally {
+    child.kill('SIGTERM');
+  }
+  expect(await exited).toBe(0);
 });
