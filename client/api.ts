@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { ServiceError, WorkflowNotFoundError, type WorkflowExecutionDescription } from '@temporalio/client';
+import { ServiceError, WorkflowNotFoundError } from '@temporalio/client';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
-import { SEARCH_ATTRIBUTES, TaskId, taskWorkflowId } from '../schemas';
+import { SEARCH_ATTRIBUTES, TaskId } from '../schemas';
 import {
   ApprovalNotFoundError,
   ApprovalRejectedError,
@@ -14,7 +14,9 @@ import {
   WorkflowQueryFailedError,
   type MareClient,
 } from './client';
-import { authenticate, HttpError, JSON_HEADERS, listen, readJson, sendJson, sha256 } from './httpKit';
+import { HttpError, JSON_HEADERS, listen, readJson, sendJson } from './httpKit';
+import { ANONYMOUS, authorizeSubmission, checkSubmitted, createAuthenticator, decisionBy, describeOwnTask, ownApprovals, requireScope } from './apiAuth';
+import type { ApiKeyStore, ApiScope, Principal } from './apiKeys';
 
 /** API keys shorter than this are refused: a key is the only thing between the network and the tasks. */
 export const MIN_API_KEY_LENGTH = 16;
@@ -26,7 +28,7 @@ export const DecisionBody = z.strictObject({
   taskId: TaskId,
   decision: z.enum(['approve', 'deny']),
   reason: z.string().trim().min(1, 'reason must not be empty').max(2_000),
-  /** Who decides; recorded with the decision (default "api"). */
+  /** Ignored as a source of truth: the decision is recorded as the key's identity; any other value is a 400. */
   by: z.string().trim().min(1).max(200).optional(),
 });
 
@@ -36,8 +38,10 @@ const IdempotencyKey = z.string().min(1).max(200);
 /** Options of `createApiServer`. */
 export interface ApiServerOptions {
   client: MareClient;
-  /** The bearer token every route but `/v1/health` and `/v1/openapi.json` requires. */
-  apiKey: string;
+  /** The stored API keys (`mare keys`), each bound to a tenant and scopes. */
+  keys?: ApiKeyStore;
+  /** The operator's bootstrap key (MARE_API_KEY): scope admin, tenant "default". At least one of `keys` and `apiKey`. */
+  apiKey?: string;
   /** Request lines (method, path, status, duration; never bodies) and unexpected errors. Default: silent. */
   logger?: Logger;
   /** How often the event stream polls a task's progress (default 500 ms). */
@@ -59,12 +63,17 @@ interface Ctx {
   params: Record<string, string>;
   query: URLSearchParams;
   requestId: string;
+  /** The key's principal; a dummy on the unauthenticated routes. */
+  principal: Principal;
 }
 
 interface Route {
   method: 'GET' | 'POST';
   path: string;
-  auth: boolean;
+  /** The scope the key must hold; null: no key needed. */
+  scope: ApiScope | null;
+  /** What the scope lets the key do here, for the 403 message. */
+  does?: string;
   handle(ctx: Ctx): Promise<void>;
 }
 
@@ -76,14 +85,14 @@ const openStreams = new WeakMap<http.Server, Set<ServerResponse>>();
  * progress as server-sent events, approvals, health and an OpenAPI 3.1 document. Not yet listening.
  */
 export function createApiServer(opts: ApiServerOptions): http.Server {
-  if (opts.apiKey.length < MIN_API_KEY_LENGTH) throw new Error(`the API key must be at least ${MIN_API_KEY_LENGTH} characters`);
+  if (opts.apiKey !== undefined && opts.apiKey.length < MIN_API_KEY_LENGTH) throw new Error(`the API key must be at least ${MIN_API_KEY_LENGTH} characters`);
+  if (opts.apiKey === undefined && !opts.keys) throw new Error('the API needs keys: a key store (`keys`), a bootstrap key (`apiKey`), or both');
   const { client } = opts;
   const logger = opts.logger ?? pino({ level: 'silent' });
   const watchIntervalMs = opts.watchIntervalMs ?? 500;
   const healthTimeoutMs = opts.healthTimeoutMs ?? 2_000;
   const maxBodyBytes = opts.maxBodyBytes ?? MAX_BODY_BYTES;
-  // Comparing digests keeps the comparison constant-time whatever the length of the presented key.
-  const keyDigest = sha256(opts.apiKey);
+  const authenticate = createAuthenticator({ bootstrapKey: opts.apiKey, keys: opts.keys });
   const streams = new Set<ServerResponse>();
   const openApi = JSON.stringify(openApiDocument());
 
@@ -91,7 +100,7 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
     {
       method: 'GET',
       path: '/v1/health',
-      auth: false,
+      scope: null,
       async handle({ res }) {
         try {
           await client.client.connection.withDeadline(Date.now() + healthTimeoutMs, () => client.client.workflowService.getSystemInfo({}));
@@ -105,7 +114,7 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
     {
       method: 'GET',
       path: '/v1/openapi.json',
-      auth: false,
+      scope: null,
       handle({ res }) {
         res.writeHead(200, { ...JSON_HEADERS, 'cache-control': 'no-cache' });
         res.end(openApi);
@@ -115,39 +124,42 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
     {
       method: 'POST',
       path: '/v1/tasks',
-      auth: true,
-      async handle({ req, res }) {
-        const input = validate(SubmitTaskInput, await readJson(req, maxBodyBytes));
-        sendJson(res, 202, await client.submitTask(input));
+      scope: 'submit',
+      does: 'submit tasks',
+      async handle({ req, res, principal }) {
+        const body = await readJson(req, maxBodyBytes);
+        const input = authorizeSubmission(principal, validate(SubmitTaskInput, body), (body as { tenant?: unknown }).tenant);
+        const accepted = await client.submitTask(input);
+        await checkSubmitted(client, accepted.taskId, input.tenant);
+        sendJson(res, 202, accepted);
       },
     },
     {
       method: 'GET',
       path: '/v1/tasks/:id',
-      auth: true,
-      async handle({ res, params }) {
-        sendJson(res, 200, await client.getTask(validate(TaskId, params.id, 'id')));
+      scope: 'read',
+      does: 'read tasks',
+      async handle({ res, params, principal }) {
+        const taskId = validate(TaskId, params.id, 'id');
+        await describeOwnTask(client, principal, taskId);
+        sendJson(res, 200, await client.getTask(taskId));
       },
     },
     {
       method: 'GET',
       path: '/v1/tasks/:id/events',
-      auth: true,
+      scope: 'read',
+      does: 'watch tasks',
       handle: (ctx) => streamEvents(ctx, validate(TaskId, ctx.params.id, 'id')),
     },
     {
       method: 'POST',
       path: '/v1/tasks/:id/cancel',
-      auth: true,
-      async handle({ res, params }) {
+      scope: 'submit',
+      does: 'cancel tasks',
+      async handle({ res, params, principal }) {
         const taskId = validate(TaskId, params.id, 'id');
-        let described: WorkflowExecutionDescription;
-        try {
-          described = await client.client.workflow.getHandle(taskWorkflowId(taskId)).describe();
-        } catch (err) {
-          if (err instanceof WorkflowNotFoundError) throw new TaskNotFoundError(taskId);
-          throw err;
-        }
+        const described = await describeOwnTask(client, principal, taskId);
         // Temporal accepts a cancellation of a closed run and does nothing: say so instead.
         if (described.status.name !== 'RUNNING') {
           const attrs = described.typedSearchAttributes;
@@ -161,25 +173,32 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
     {
       method: 'GET',
       path: '/v1/approvals',
-      auth: true,
-      async handle({ res, query }) {
-        const taskId = query.get('taskId');
-        sendJson(res, 200, { approvals: taskId !== null ? await client.approvals(validate(TaskId, taskId, 'taskId')) : await client.pendingApprovals() });
+      scope: 'read',
+      does: 'read approvals',
+      async handle({ res, query, principal }) {
+        const param = query.get('taskId');
+        const taskId = param === null ? null : validate(TaskId, param, 'taskId');
+        if (taskId !== null) await describeOwnTask(client, principal, taskId);
+        const approvals = taskId !== null ? await client.approvals(taskId) : await ownApprovals(client, principal, await client.pendingApprovals());
+        sendJson(res, 200, { approvals });
       },
     },
     {
       method: 'POST',
       path: '/v1/approvals/:id/decision',
-      auth: true,
-      async handle({ req, res, params }) {
+      scope: 'approve',
+      does: 'decide approvals',
+      async handle({ req, res, params, principal }) {
         const approvalId = validate(ApprovalId, params.id, 'id');
         const header = req.headers['idempotency-key'];
         const updateId = header === undefined ? undefined : validate(IdempotencyKey, Array.isArray(header) ? header[0] : header, 'Idempotency-Key');
         const body = validate(DecisionBody, await readJson(req, maxBodyBytes));
+        const by = decisionBy(principal, body.by);
+        await describeOwnTask(client, principal, body.taskId);
         try {
           const view = await client.decideApproval(
             body.taskId,
-            { approvalId, decision: body.decision, reason: body.reason, by: body.by ?? 'api' },
+            { approvalId, decision: body.decision, reason: body.reason, by },
             updateId ? { updateId } : {},
           );
           sendJson(res, 200, view);
@@ -193,8 +212,9 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
   ];
 
   /** One `event:` per progress change, then the result; stops watching when the client goes away. */
-  async function streamEvents({ req, res, requestId }: Ctx, taskId: string): Promise<void> {
-    await client.getTask(taskId); // a 400 or 404 while an ordinary JSON answer is still possible
+  async function streamEvents({ req, res, requestId, principal }: Ctx, taskId: string): Promise<void> {
+    await describeOwnTask(client, principal, taskId); // a 404 while an ordinary JSON answer is still possible
+    await client.getTask(taskId);
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
     res.flushHeaders();
     streams.add(res);
@@ -247,8 +267,9 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
     void (async () => {
       try {
         const { route, params } = match(routes, req.method ?? 'GET', url.pathname);
-        if (route.auth) authenticate(req.headers.authorization, keyDigest);
-        await route.handle({ req, res, params, query: url.searchParams, requestId });
+        const principal = route.scope === null ? ANONYMOUS : await authenticate(req.headers.authorization);
+        if (route.scope !== null) requireScope(principal, route.scope, route.does ?? route.path);
+        await route.handle({ req, res, params, query: url.searchParams, requestId, principal });
       } catch (err) {
         const { status, body, headers } = answerFor(err, requestId, logger, req);
         if (res.headersSent) {
@@ -386,7 +407,7 @@ export function openApiDocument(): Record<string, unknown> {
   const error = (description: string): { $ref: string } => ({ $ref: `#/components/responses/${description}` });
   const taskIdParam = { name: 'id', in: 'path', required: true, description: 'The task id.', schema: jsonSchema(TaskId) };
   const guarded = { security: [{ bearer: [] }] };
-  const common = { '401': error('Unauthorized'), '500': error('InternalError'), '503': error('Unavailable') };
+  const common = { '401': error('Unauthorized'), '403': error('Forbidden'), '500': error('InternalError'), '503': error('Unavailable') };
 
   return {
     openapi: '3.1.0',
@@ -403,7 +424,7 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'Submit a task. The task id is the idempotency key: the same id again returns the existing task.',
           ...guarded,
           requestBody: { required: true, content: { 'application/json': { schema: ref('SubmitTaskRequest') } } },
-          responses: { '202': json(ref('TaskAccepted'), 'Started, or already started under that id.'), '400': error('BadRequest'), '413': error('TooLarge'), '415': error('UnsupportedMediaType'), ...common },
+          responses: { '202': json(ref('TaskAccepted'), 'Started, or already started under that id.'), '400': error('BadRequest'), '409': error('Conflict'), '413': error('TooLarge'), '415': error('UnsupportedMediaType'), ...common },
         },
       },
       '/v1/tasks/{id}': {
@@ -492,7 +513,14 @@ export function openApiDocument(): Record<string, unknown> {
       },
     },
     components: {
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'The API key (MARE_API_KEY of `mare api`).' } },
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          description:
+            "An API key (`mare keys create`, or the operator's MARE_API_KEY). A key acts only in its tenant (another tenant's task is a 404) and needs the route's scope: submit (submit, cancel), read (tasks, events, approvals), approve (decisions), commands (command_succeeds criteria); admin holds every scope in every tenant.",
+        },
+      },
       schemas: {
         SubmitTaskRequest: jsonSchema(SubmitTaskInput),
         ApprovalDecisionRequest: jsonSchema(DecisionBody),
@@ -588,9 +616,10 @@ export function openApiDocument(): Record<string, unknown> {
         (
           [
             ['BadRequest', 'Invalid body, parameter or task id; `issues` names each field.'],
-            ['Unauthorized', 'Missing or wrong API key.'],
-            ['NotFound', 'No such task or approval.'],
-            ['Conflict', 'The approval is no longer pending, or the task has already ended.'],
+            ['Unauthorized', 'Missing, wrong or revoked API key.'],
+            ['Forbidden', 'The key lacks the scope this call needs.'],
+            ['NotFound', "No such task or approval, or another tenant's."],
+            ['Conflict', "The approval is no longer pending, the task has already ended, or the task id is another tenant's."],
             ['TooLarge', 'The body is larger than 1 MiB.'],
             ['UnsupportedMediaType', 'The body is not application/json.'],
             ['InternalError', 'Unexpected error; the body carries only a request id.'],

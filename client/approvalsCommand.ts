@@ -2,7 +2,19 @@ import type { Command } from 'commander';
 import type { ApprovalView } from '../schemas';
 import { MareClient } from './client';
 import { UsageError, type Action, type Print } from './commandKit';
+import { osIdentity } from './keysCommand';
 
+/**
+ * Who decides from the command line: the operating-system account (from the uid, not $USER), and
+ * `--by` only as a note next to it, so a name typed on the command line cannot stand alone.
+ */
+export function approverIdentity(by: string | undefined): string {
+  const os = osIdentity();
+  const named = by?.trim();
+  // The workflow's validator takes at most 200 characters of `by`; the account needs room too.
+  if (named && named.length > 120) throw new UsageError('--by: at most 120 characters');
+  return named && named !== os ? `${named} (via ${os})` : os;
+}
 
 function line(a: ApprovalView): string {
   const decided = a.status === 'pending' ? `until ${a.deadline}, then ${a.onTimeout}` : `by ${a.decidedBy ?? '?'}: ${a.decisionReason ?? ''}`;
@@ -42,7 +54,7 @@ export function registerApprovalCommands(program: Command, action: Action, print
       .argument('<taskId>')
       .argument('<approvalId>')
       .requiredOption('--reason <text>', 'why (recorded with the decision)')
-      .option('--by <who>', 'who decides (default: $USER)')
+      .option('--by <who>', 'on whose behalf; recorded next to the operating-system account that runs the command, which is always recorded')
       .option('--update-id <id>', 'idempotency key: sending the same id again has no further effect')
       .option('--json', 'print the decided approval as JSON')
       .action(
@@ -52,7 +64,7 @@ export function registerApprovalCommands(program: Command, action: Action, print
           try {
             const view = await client.decideApproval(
               taskId,
-              { approvalId, decision, reason: opts.reason, by: opts.by ?? process.env.USER ?? 'cli' },
+              { approvalId, decision, reason: opts.reason, by: approverIdentity(opts.by) },
               opts.updateId ? { updateId: opts.updateId } : {},
             );
             print(opts.json ? JSON.stringify(view, null, 2) : `approval ${approvalId} of task ${taskId}: ${view.status}`);

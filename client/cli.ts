@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
+import { Pool } from 'pg';
+import { migrate } from '../db/migrate';
 import { ApprovalNotFoundError, ApprovalRejectedError, MareClient, InvalidTaskRequestError, TaskNotFoundError, TemporalUnavailableError, withTemporalConnection } from './client';
 import { describeStack, startLocalStack } from './localStack';
 import { formatResult, OFFLINE_NOTICE, progressLines, WEB_UI_COLUMNS } from './render';
@@ -12,6 +14,8 @@ import { registerSupervisorCommands } from './supervisorCommand';
 import { registerAuditCommands } from './auditCommand';
 import { registerReportCommands } from './reportCommand';
 import { registerDoctorCommand } from './doctorCommand';
+import { registerKeyCommands } from './keysCommand';
+import { ApiKeyError, ApiKeyStore } from './apiKeys';
 import { MIN_API_KEY_LENGTH, serveApi } from './api';
 import { CodecTokenError, codecTokenFromEnv, DEFAULT_CODEC_PORT, serveCodec } from './codecServer';
 import { ReportUsageError } from '../activities/reliability/store';
@@ -72,6 +76,7 @@ const KNOWN_ERRORS = [
   PayloadIntegrityError,
   CodecTokenError,
   DeploymentConfigError,
+  ApiKeyError,
 ];
 
 /** Runs a command body, turning known errors into one clear line (exit code 2; 1 for anything else). */
@@ -306,19 +311,40 @@ program
 
 program
   .command('api')
-  .description('serve the HTTP API (tasks, progress events, approvals, health, OpenAPI at /v1/openapi.json) with the key in MARE_API_KEY; connects to Temporal like the client commands; stops on SIGINT/SIGTERM')
+  .description(
+    'serve the HTTP API (tasks, progress events, approvals, health, OpenAPI at /v1/openapi.json); connects to Temporal like the client commands; stops on SIGINT/SIGTERM. ' +
+      'Keys: those of `mare keys` in DATABASE_URL (each bound to a tenant and scopes), and MARE_API_KEY if set (the operator\'s bootstrap key: admin scope, every tenant); at least one is needed',
+  )
   .option('--port <port>', 'port to listen on', positiveInt, 8080)
   .option('--host <host>', 'address to listen on', '127.0.0.1')
   .action(
     action(async (opts: { port: number; host: string }) => {
-      const apiKey = process.env.MARE_API_KEY;
-      if (!apiKey) throw new UsageError(`MARE_API_KEY is not set: the HTTP API needs a key of at least ${MIN_API_KEY_LENGTH} characters (e.g. \`openssl rand -hex 32\`)`);
-      if (apiKey.length < MIN_API_KEY_LENGTH) throw new UsageError(`MARE_API_KEY is too short (${apiKey.length} characters): use at least ${MIN_API_KEY_LENGTH}`);
-      const client = await MareClient.connect();
+      const apiKey = process.env.MARE_API_KEY || undefined;
+      if (!apiKey && !process.env.DATABASE_URL) {
+        throw new UsageError(
+          `no API keys: set DATABASE_URL (keys made with \`mare keys create\`) and/or MARE_API_KEY (an operator key of at least ${MIN_API_KEY_LENGTH} characters, e.g. \`openssl rand -hex 32\`)`,
+        );
+      }
+      if (apiKey && apiKey.length < MIN_API_KEY_LENGTH) throw new UsageError(`MARE_API_KEY is too short (${apiKey.length} characters): use at least ${MIN_API_KEY_LENGTH}`);
+      const serve = async (keys?: ApiKeyStore): Promise<void> => {
+        if (!keys) print('API keys: MARE_API_KEY only (DATABASE_URL is not set, so keys of `mare keys` are not accepted)');
+        const client = await MareClient.connect();
+        try {
+          await serveApi({ client, apiKey, keys, logger: createLogger('mare-api'), port: opts.port, host: opts.host, print });
+        } finally {
+          await client.close();
+        }
+      };
+      const url = process.env.DATABASE_URL;
+      if (!url) return serve();
+      await migrate(url);
+      // One short query per request: a few connections are enough.
+      const pool = new Pool({ connectionString: url, max: 5 });
+      pool.on('error', (err) => process.stderr.write(`mare api: idle database connection failed: ${err.message}\n`));
       try {
-        await serveApi({ client, apiKey, logger: createLogger('mare-api'), port: opts.port, host: opts.host, print });
+        await serve(new ApiKeyStore(pool));
       } finally {
-        await client.close();
+        await pool.end();
       }
     }),
   );
@@ -349,6 +375,7 @@ registerSupervisorCommands(program, action, print);
 registerAuditCommands(program, action, print);
 registerReportCommands(program, action, print);
 registerDoctorCommand(program, action, print);
+registerKeyCommands(program, action, print);
 
 // Exit explicitly once a command is done: the SDK's native runtime can keep the event loop alive.
 void program.parseAsync(process.argv).then(() => process.exit());

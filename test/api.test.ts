@@ -341,9 +341,12 @@ test('approvals: an escalated call is listed, decided once over HTTP (a second d
       const route = `/v1/approvals/${encodeURIComponent(pending.approvalId)}/decision`;
       expect((await api('POST', route, { key: null, body: { taskId: 'api-approve', decision: 'approve', reason: 'fine' } })).status).toBe(401);
       expect((await api('POST', '/v1/approvals/zz-9/decision', { body: { taskId: 'api-approve', decision: 'approve', reason: 'fine' } })).status).toBe(404);
-      const decision = { taskId: 'api-approve', decision: 'approve', reason: 'looks right', by: 'alice' };
+      // The approver is the key's identity; a body that names someone else is refused.
+      const forged = await api('POST', route, { body: { taskId: 'api-approve', decision: 'approve', reason: 'looks right', by: 'alice' } });
+      expect(forged).toMatchObject({ status: 400, body: { issues: [{ path: 'by', message: expect.stringMatching(/key:bootstrap\/env/) }] } });
+      const decision = { taskId: 'api-approve', decision: 'approve', reason: 'looks right' };
       const once = await api<ApprovalView>('POST', route, { body: decision, headers: { 'idempotency-key': 'api-k-1' } });
-      expect(once).toMatchObject({ status: 200, body: { approvalId: pending.approvalId, status: 'approved', decidedBy: 'alice', decisionReason: 'looks right' } });
+      expect(once).toMatchObject({ status: 200, body: { approvalId: pending.approvalId, status: 'approved', decidedBy: 'key:bootstrap/env', decisionReason: 'looks right' } });
       const retried = await api('POST', route, { body: decision, headers: { 'idempotency-key': 'api-k-1' } });
       expect(retried).toMatchObject({ status: 200, body: once.body });
       const second = await api('POST', route, { body: { taskId: 'api-approve', decision: 'deny', reason: 'changed my mind' } });
@@ -354,7 +357,7 @@ test('approvals: an escalated call is listed, decided once over HTTP (a second d
         return view.body.execution !== 'RUNNING' ? view : undefined;
       });
       expect(done.body.result?.status).toBe('COMPLETED');
-      expect(done.body.result?.subtasks[0]?.approvals?.map((a) => [a.status, a.decidedBy])).toEqual([['approved', 'alice']]);
+      expect(done.body.result?.subtasks[0]?.approvals?.map((a) => [a.status, a.decidedBy])).toEqual([['approved', 'key:bootstrap/env']]);
       // the subtask has closed: a decision now is still a 409, not an error
       expect((await api('POST', route, { body: { taskId: 'api-approve', decision: 'deny', reason: 'too late' } })).status).toBe(409);
       expect((await api<{ approvals: ApprovalView[] }>('GET', '/v1/approvals')).body.approvals.filter((a) => a.taskId === 'api-approve')).toEqual([]);
@@ -392,7 +395,7 @@ function freePort(): Promise<number> {
 /** Runs `mare api` from dist/; resolves with its exit code and output once it exits. */
 function mareApi(env: Record<string, string | undefined>, args: string[] = [], whileRunning?: (stdout: () => string) => Promise<void>): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const childEnv: NodeJS.ProcessEnv = { ...process.env, TEMPORAL_ADDRESS: stack.env.address, TEMPORAL_NAMESPACE: 'default', MARE_LOG_LEVEL: 'warn', ...env };
-  if (env.MARE_API_KEY === undefined) delete childEnv.MARE_API_KEY;
+  for (const [name, value] of Object.entries(env)) if (value === undefined) delete childEnv[name];
   const child = spawn(process.execPath, [CLI, 'api', ...args], { env: childEnv });
   let stdout = '';
   let stderr = '';
@@ -411,16 +414,18 @@ function mareApi(env: Record<string, string | undefined>, args: string[] = [], w
   })();
 }
 
-test('mare api: refuses to start without MARE_API_KEY or with a short one (exit 2); serves, then stops on SIGTERM', async () => {
+test('mare api: refuses to start without any key source (DATABASE_URL or MARE_API_KEY) or with a short MARE_API_KEY (exit 2); serves, then stops on SIGTERM', async () => {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first (npm test does)`);
-  const missing = await mareApi({ MARE_API_KEY: undefined });
+  const missing = await mareApi({ MARE_API_KEY: undefined, DATABASE_URL: undefined });
   expect(missing.code).toBe(2);
-  expect(missing.stderr).toBe('mare: MARE_API_KEY is not set: the HTTP API needs a key of at least 16 characters (e.g. `openssl rand -hex 32`)\n');
-  const short = await mareApi({ MARE_API_KEY: 'too-short' });
+  expect(missing.stderr).toBe(
+    'mare: no API keys: set DATABASE_URL (keys made with `mare keys create`) and/or MARE_API_KEY (an operator key of at least 16 characters, e.g. `openssl rand -hex 32`)\n',
+  );
+  const short = await mareApi({ MARE_API_KEY: 'too-short', DATABASE_URL: undefined });
   expect(short).toMatchObject({ code: 2, stderr: 'mare: MARE_API_KEY is too short (9 characters): use at least 16\n' });
 
   const port = await freePort();
-  const served = await mareApi({ MARE_API_KEY: KEY }, ['--port', String(port)], async (stdout) => {
+  const served = await mareApi({ MARE_API_KEY: KEY, DATABASE_URL: undefined }, ['--port', String(port)], async (stdout) => {
     await waitFor('the server to listen', () => Promise.resolve(stdout().includes('MARE HTTP API on') ? true : undefined), 20_000);
     const at = `http://127.0.0.1:${port}`;
     expect(await api('GET', '/v1/health', { key: null, at })).toMatchObject({ status: 200, body: { ok: true } });
@@ -428,6 +433,7 @@ test('mare api: refuses to start without MARE_API_KEY or with a short one (exit 
     expect(await api('GET', '/v1/approvals', { at })).toMatchObject({ status: 200, body: { approvals: [] } });
   });
   expect(served.stdout).toContain(`MARE HTTP API on http://127.0.0.1:${port}/v1`);
+  expect(served.stdout).toContain('API keys: MARE_API_KEY only');
   expect(served.stdout).toContain('stopped.');
   expect(served.code).toBe(0);
   expect(served.stderr).not.toMatch(/error/i);

@@ -1,3 +1,4 @@
+import { userInfo } from 'node:os';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -577,8 +578,9 @@ test('an irreversible tool always waits for a person: mare approvals list shows 
   expect(readFileSync(file('stay.txt'), 'utf8')).toBe('staying');
   expect(readFileSync(file('moved.txt'), 'utf8')).toBe('moving');
   expect(result.subtasks[0]?.approvals?.map((a) => [a.status, a.decidedBy])).toEqual([
-    ['denied', 'dana'],
-    ['approved', expect.any(String)],
+    // The CLI records the operating-system account; --by only beside it.
+    ['denied', `dana (via os:${userInfo().username})`],
+    ['approved', `os:${userInfo().username}`],
   ]);
   expect(scheduledActivities(await historyOf(stack, subtaskWorkflowId('irreversible', 'v'))).filter((a) => a.startsWith('fs.'))).toEqual(['fs.move_file']);
 });
