@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
-import type { ChatMessage, ModelRequest, ModelResponse } from '../schemas';
+import { storableText, type ChatMessage, type ModelRequest, type ModelResponse } from '../schemas';
 import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
@@ -66,7 +66,7 @@ async function appendTranscript(pool: Pool, transcript: { id: string; offset: nu
   for (const [i, message] of added.entries()) {
     await pool.query(
       'INSERT INTO transcript_messages (transcript_id, seq, message) VALUES ($1, $2, $3) ON CONFLICT (transcript_id, seq) DO NOTHING',
-      [transcript.id, transcript.offset + i, JSON.stringify(message)],
+      [transcript.id, transcript.offset + i, JSON.stringify(storableText(message))], // jsonb cannot hold NUL
     );
   }
   const { rows } = await pool.query<{ message: ChatMessage }>(

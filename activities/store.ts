@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
 import { z } from 'zod';
-import { TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../schemas';
+import { storableText, TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { activityKey, sha256 } from './idempotency';
 import { recordApprovalMetric } from './metrics';
@@ -94,7 +94,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
       await pool.query(
         `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail)
          VALUES ($1, $2, $3, $4, $5, 'denied', $6) ON CONFLICT (call_key) DO NOTHING`,
-        [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(redactor.redactDeep(input.args)), reason],
+        [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(storableText(redactor.redactDeep(input.args))), reason],
       );
       await audit(pool, input.taskId, 'tool.denied', { subtaskId: input.subtaskId, tool: input.tool, role: input.role, ...(input.reason ? { reason } : {}) });
     },
@@ -110,7 +110,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
       await pool.query(
         `INSERT INTO approvals (task_id, approval_id, subtask_id, workflow_id, call_key, kind, target, args, reason, policy, status, deadline)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11) ON CONFLICT (task_id, approval_id) DO NOTHING`,
-        [view.taskId, view.approvalId, view.subtaskId, view.workflowId, input.callKey, view.kind, view.target, JSON.stringify(view.args), view.reason, view.policy ?? null, view.deadline],
+        [view.taskId, view.approvalId, view.subtaskId, view.workflowId, input.callKey, view.kind, view.target, JSON.stringify(storableText(view.args)), view.reason, view.policy ?? null, view.deadline],
       );
       recordApprovalMetric('requested');
       await audit(pool, view.taskId, 'approval.requested', { approvalId: view.approvalId, subtaskId: view.subtaskId, kind: view.kind, target: view.target, policy: view.policy, deadline: view.deadline });
