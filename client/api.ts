@@ -46,7 +46,12 @@ export interface ApiServerOptions {
   healthTimeoutMs?: number;
   /** Largest accepted request body (default 1 MiB). */
   maxBodyBytes?: number;
+  /** Event streams one API key may hold open at once; beyond it 429 (default 8). */
+  maxStreamsPerKey?: number;
 }
+
+/** Event streams one API key may hold open at once unless `maxStreamsPerKey` says otherwise. */
+export const MAX_STREAMS_PER_KEY = 8;
 
 interface Issue {
   path: string;
@@ -85,6 +90,8 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
   // Comparing digests keeps the comparison constant-time whatever the length of the presented key.
   const keyDigest = sha256(opts.apiKey);
   const streams = new Set<ServerResponse>();
+  const streamsPerKey = new Map<string, number>();
+  const maxStreamsPerKey = opts.maxStreamsPerKey ?? MAX_STREAMS_PER_KEY;
   const openApi = JSON.stringify(openApiDocument());
 
   const routes: Route[] = [
@@ -133,7 +140,7 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
       method: 'GET',
       path: '/v1/tasks/:id/events',
       auth: true,
-      handle: (ctx) => streamEvents(ctx, validate(TaskId, ctx.params.id, 'id')),
+      handle: (ctx) => limitStreams(ctx.req, () => streamEvents(ctx, validate(TaskId, ctx.params.id, 'id'))),
     },
     {
       method: 'POST',
@@ -191,6 +198,22 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
       },
     },
   ];
+
+  /** Runs `stream` unless the caller's key already holds `maxStreamsPerKey` open streams (429 then). */
+  async function limitStreams(req: IncomingMessage, stream: () => Promise<void>): Promise<void> {
+    // The request passed authentication, so its bearer token names the key; only its digest is kept.
+    const key = sha256(/^Bearer[ ]+(\S+)/i.exec(req.headers.authorization ?? '')?.[1] ?? '').toString('hex');
+    const open = streamsPerKey.get(key) ?? 0;
+    if (open >= maxStreamsPerKey) throw new HttpError(429, `too many event streams: at most ${maxStreamsPerKey} may be open per API key`, {}, { 'retry-after': '5' });
+    streamsPerKey.set(key, open + 1);
+    try {
+      await stream();
+    } finally {
+      const left = (streamsPerKey.get(key) ?? 1) - 1;
+      if (left > 0) streamsPerKey.set(key, left);
+      else streamsPerKey.delete(key);
+    }
+  }
 
   /** One `event:` per progress change, then the result; stops watching when the client goes away. */
   async function streamEvents({ req, res, requestId }: Ctx, taskId: string): Promise<void> {
@@ -425,6 +448,7 @@ export function openApiDocument(): Record<string, unknown> {
             '200': { description: 'An event stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
             '400': error('BadRequest'),
             '404': error('NotFound'),
+            '429': error('TooManyStreams'),
             ...common,
           },
         },
@@ -587,11 +611,12 @@ export function openApiDocument(): Record<string, unknown> {
       responses: Object.fromEntries(
         (
           [
-            ['BadRequest', 'Invalid body, parameter or task id; `issues` names each field.'],
+            ['BadRequest', 'Invalid body (not JSON, nested deeper than 64 levels, text with a NUL character or a lone surrogate), parameter or task id; `issues` names each field.'],
             ['Unauthorized', 'Missing or wrong API key.'],
             ['NotFound', 'No such task or approval.'],
             ['Conflict', 'The approval is no longer pending, or the task has already ended.'],
             ['TooLarge', 'The body is larger than 1 MiB.'],
+            ['TooManyStreams', 'The API key already holds the most event streams allowed at once; close one (Retry-After says when to try again).'],
             ['UnsupportedMediaType', 'The body is not application/json.'],
             ['InternalError', 'Unexpected error; the body carries only a request id.'],
             ['Unavailable', 'Temporal is unavailable.'],
