@@ -115,7 +115,8 @@ export function createWorkspaceActivities({ pool, workspaceRoot, redactor }: Act
       try {
         result = await fn(parsed.data, taskWorkspace(workspaceRoot, ctx.taskId));
       } catch (err) {
-        const mapped = workspaceError(err, String((parsed.data as { path?: unknown }).path ?? '.'));
+        const rel = (parsed.data as { path?: unknown }).path;
+        const mapped = workspaceError(err, typeof rel === 'string' ? rel : '.');
         if (!(mapped instanceof WorkspacePathError)) throw err;
         result = { ok: false, content: mapped.message };
       }

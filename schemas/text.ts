@@ -79,7 +79,7 @@ export function checkText(value: unknown, ctx: z.core.$RefinementCtx): void {
 export function storableText<T>(value: T): T {
   // A lone surrogate is one not paired by the lookahead/lookbehind; strings are rebuilt only when needed.
   const fix = (s: string): string =>
-    textProblem(s) === undefined ? s : s.replace(/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
+    textProblem(s) === undefined ? s : s.replaceAll('\u0000', '\uFFFD').replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
   const walk = (v: unknown, depth: number): unknown => {
     if (typeof v === 'string') return fix(v);
     if (v === null || typeof v !== 'object' || depth > MAX_JSON_DEPTH) return depth > MAX_JSON_DEPTH ? '[nested too deeply]' : v;
