@@ -22,7 +22,7 @@ export async function putBlob(pool: Pool, content: string): Promise<string> {
 export async function audit(pool: Pool, taskId: string, kind: string, data: unknown, key = activityKey()): Promise<void> {
   await pool.query(
     'INSERT INTO audit_events (event_key, task_id, kind, data) VALUES ($1, $2, $3, $4) ON CONFLICT (event_key) DO NOTHING',
-    [`${key}:${kind}`, taskId, kind, JSON.stringify(data)],
+    [`${key}:${kind}`, taskId, kind, JSON.stringify(storableText(data))],
   );
 }
 
@@ -146,10 +146,10 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
           result.status,
           result.attempts,
           result.score,
-          result.output,
+          storableText(result.output), // model-written: PostgreSQL cannot hold NUL
           result.evidenceIds,
           JSON.stringify(result.usage),
-          result.error ?? null,
+          result.error === undefined ? null : storableText(result.error),
           result.roleRequested ?? null,
           result.roleRoutedBy ?? null,
           result.roleFallbackReason ?? null,
@@ -182,7 +182,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
     async recordTaskFinished({ result }: { result: TaskResult }): Promise<void> {
       await pool.query(
         `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, evidence_id = $6, updated_at = now() WHERE task_id = $1`,
-        [result.taskId, result.status, JSON.stringify(result), JSON.stringify(result.plan), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],
+        [result.taskId, result.status, JSON.stringify(storableText(result)), JSON.stringify(storableText(result.plan)), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],
       );
       await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) });
     },

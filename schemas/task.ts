@@ -12,20 +12,21 @@ export const TaskId = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'task ids are 1-128 chars of letters, digits, ".", "_" or "-"');
 
+/** The fields of a TaskRequest, before the text check (for schemas that change a field, such as SubmitTaskInput). */
+export const TaskRequestFields = z.strictObject({
+  taskId: TaskId,
+  goal: z.string().trim().min(1, 'goal must not be empty').max(20_000),
+  tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/).default('default'),
+  concurrency: z.number().int().min(1).max(32).default(4),
+  maxSubtasks: z.number().int().min(1).max(50).default(DEFAULT_MAX_SUBTASKS),
+  /** Checked over the combined result once every subtask is done; failing them rolls the task back. */
+  acceptanceCriteria: z.array(Criterion).max(20).optional(),
+  /** The composite score the task's own criteria must reach. */
+  acceptanceThreshold: z.number().min(0).max(1).default(0.7),
+});
+
 /** What an application submits. Validated before anything starts; no text in it may hold NUL or a lone surrogate. */
-export const TaskRequest = z
-  .strictObject({
-    taskId: TaskId,
-    goal: z.string().trim().min(1, 'goal must not be empty').max(20_000),
-    tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/).default('default'),
-    concurrency: z.number().int().min(1).max(32).default(4),
-    maxSubtasks: z.number().int().min(1).max(50).default(DEFAULT_MAX_SUBTASKS),
-    /** Checked over the combined result once every subtask is done; failing them rolls the task back. */
-    acceptanceCriteria: z.array(Criterion).max(20).optional(),
-    /** The composite score the task's own criteria must reach. */
-    acceptanceThreshold: z.number().min(0).max(1).default(0.7),
-  })
-  .superRefine(checkText);
+export const TaskRequest = TaskRequestFields.superRefine(checkText);
 export type TaskRequest = z.infer<typeof TaskRequest>;
 /** The request before defaults are applied, as a client writes it. */
 export type TaskRequestInput = z.input<typeof TaskRequest>;

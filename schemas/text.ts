@@ -57,9 +57,11 @@ export function textProblems(value: unknown, maxDepth = MAX_JSON_DEPTH): TextPro
       if (Array.isArray(v)) v.forEach((item, i) => stack.push({ value: item, path: [...path, i] }));
       else {
         for (const [k, item] of Object.entries(v)) {
+          // The path names a bad key in its stored form, so the message itself is storable.
           const p = textProblem(k);
-          if (p) problems.push({ path: [...path, k], message: `field name ${p}` });
-          stack.push({ value: item, path: [...path, k] });
+          const key = p ? storableText(k) : k;
+          if (p) problems.push({ path: [...path, key], message: `field name ${p}` });
+          stack.push({ value: item, path: [...path, key] });
         }
       }
     }
