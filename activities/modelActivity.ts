@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
-import type { ChatMessage, ModelRequest, ModelResponse } from '../schemas';
+import { storableText, type ChatMessage, type ModelRequest, type ModelResponse } from '../schemas';
 import { atRestOf, type AtRest } from './atRest';
 import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
@@ -68,7 +68,7 @@ async function appendTranscript(pool: Pool, atRest: AtRest, transcript: { id: st
   for (const [i, message] of added.entries()) {
     await pool.query(
       'INSERT INTO transcript_messages (transcript_id, seq, message) VALUES ($1, $2, $3) ON CONFLICT (transcript_id, seq) DO NOTHING',
-      [transcript.id, transcript.offset + i, atRest.sealJson(message)],
+      [transcript.id, transcript.offset + i, atRest.sealJson(storableText(message))], // jsonb cannot hold NUL
     );
   }
   const { rows } = await pool.query<{ message: unknown }>(

@@ -1,4 +1,4 @@
-import { atomicPlan, DEFAULT_ROLE, validatePlan, type Plan, type TokenUsage } from '../schemas';
+import { atomicPlan, DEFAULT_ROLE, storableText, validatePlan, type Plan, type TokenUsage } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { createRoleActivities } from './roles/activities';
 import { audit } from './store';
@@ -47,8 +47,8 @@ export function createPlannerActivities(deps: ActivityDeps) {
         : { plan: atomicPlan(input.goal, DEFAULT_ROLE), fallbackReason: checked.reason, usage: response.usage, model: response.model };
       await deps.pool.query('UPDATE tasks SET plan = $2, plan_fallback_reason = $3, updated_at = now() WHERE task_id = $1', [
         input.taskId,
-        JSON.stringify(deps.redactor.redactDeep(result.plan)),
-        result.fallbackReason === undefined ? null : deps.redactor.redact(result.fallbackReason),
+        JSON.stringify(deps.redactor.redactDeep(storableText(result.plan))), // model-written text: PostgreSQL cannot hold NUL
+        result.fallbackReason === undefined ? null : deps.redactor.redact(storableText(result.fallbackReason)),
       ]);
       await audit(deps.pool, input.taskId, 'task.planned', {
         subtasks: result.plan.subtasks.map((s) => s.id),

@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
 import { z } from 'zod';
-import { TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../schemas';
+import { storableText, TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { activityKey, sha256 } from './idempotency';
 import { recordApprovalMetric } from './metrics';
@@ -33,7 +33,7 @@ export async function loadBlob(pool: Pool, hash: string, atRest: AtRest): Promis
 export async function audit(pool: Pool, taskId: string, kind: string, data: unknown, key = activityKey()): Promise<void> {
   await pool.query(
     'INSERT INTO audit_events (event_key, task_id, kind, data) VALUES ($1, $2, $3, $4) ON CONFLICT (event_key) DO NOTHING',
-    [`${key}:${kind}`, taskId, kind, JSON.stringify(data)],
+    [`${key}:${kind}`, taskId, kind, JSON.stringify(storableText(data))],
   );
 }
 
@@ -105,7 +105,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
       await pool.query(
         `INSERT INTO tool_calls (call_key, task_id, subtask_id, tool, args, status, detail)
          VALUES ($1, $2, $3, $4, $5, 'denied', $6) ON CONFLICT (call_key) DO NOTHING`,
-        [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(redactor.redactDeep(input.args)), reason],
+        [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(storableText(redactor.redactDeep(input.args))), reason],
       );
       await audit(pool, input.taskId, 'tool.denied', { subtaskId: input.subtaskId, tool: input.tool, role: input.role, ...(input.reason ? { reason } : {}) });
     },
@@ -121,7 +121,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
       await pool.query(
         `INSERT INTO approvals (task_id, approval_id, subtask_id, workflow_id, call_key, kind, target, args, reason, policy, status, deadline)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11) ON CONFLICT (task_id, approval_id) DO NOTHING`,
-        [view.taskId, view.approvalId, view.subtaskId, view.workflowId, input.callKey, view.kind, view.target, JSON.stringify(view.args), view.reason, view.policy ?? null, view.deadline],
+        [view.taskId, view.approvalId, view.subtaskId, view.workflowId, input.callKey, view.kind, view.target, JSON.stringify(storableText(view.args)), view.reason, view.policy ?? null, view.deadline],
       );
       recordApprovalMetric('requested');
       await audit(pool, view.taskId, 'approval.requested', { approvalId: view.approvalId, subtaskId: view.subtaskId, kind: view.kind, target: view.target, policy: view.policy, deadline: view.deadline });
@@ -157,10 +157,10 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
           result.status,
           result.attempts,
           result.score,
-          redactor.redact(result.output),
+          redactor.redact(storableText(result.output)), // model-written: PostgreSQL cannot hold NUL
           result.evidenceIds,
           JSON.stringify(result.usage),
-          result.error == null ? null : redactor.redact(result.error),
+          result.error == null ? null : redactor.redact(storableText(result.error)),
           result.roleRequested ?? null,
           result.roleRoutedBy ?? null,
           result.roleFallbackReason == null ? null : redactor.redact(result.roleFallbackReason),
@@ -195,7 +195,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
       const result = redactor.redactDeep(raw);
       await pool.query(
         `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, evidence_id = $6, updated_at = now() WHERE task_id = $1`,
-        [result.taskId, result.status, JSON.stringify(result), JSON.stringify(result.plan), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],
+        [result.taskId, result.status, JSON.stringify(storableText(result)), JSON.stringify(storableText(result.plan)), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],
       );
       await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) });
     },

@@ -1,9 +1,12 @@
-import { mkdir, readFile, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
 import {
+  storableText,
+  textProblem,
+  textProblems,
   TOOL_OUTPUT_HISTORY_LIMIT,
   WorkspaceListArgs,
   WorkspaceReadArgs,
@@ -24,6 +27,32 @@ export class WorkspacePathError extends Error {
   override readonly name = 'WorkspacePathError';
 }
 
+/** File-system errors a model's path can cause: retrying cannot help, so they go back to the model. */
+const PATH_ERRORS: Record<string, string> = {
+  ENOENT: 'no such file or directory',
+  ENOTDIR: 'a component of the path is a file, not a directory',
+  EISDIR: 'is a directory, not a file',
+  ELOOP: 'too many levels of symbolic links',
+  ENAMETOOLONG: 'file name too long',
+  EEXIST: 'already exists',
+  ENOTEMPTY: 'directory not empty',
+  EINVAL: 'invalid path',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  ERR_INVALID_ARG_VALUE: 'invalid path',
+};
+
+/**
+ * A file-system error caused by the path `rel` as a WorkspacePathError naming only `rel` (never the
+ * server's absolute path); anything else (disk full, I/O error) is returned unchanged, to be retried.
+ */
+export function workspaceError(err: unknown, rel: string): unknown {
+  if (err instanceof WorkspacePathError) return err;
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const what = code !== undefined ? PATH_ERRORS[code] : undefined;
+  return what ? new WorkspacePathError(`${rel}: ${what} (${code})`) : err;
+}
+
 /** The directory of one task's workspace. */
 export function taskWorkspace(root: string, taskId: string): string {
   return path.join(root, taskId);
@@ -38,6 +67,8 @@ export async function resolveInWorkspace(workspace: string, rel: string): Promis
     throw new WorkspacePathError(`path "${rel}" is outside the task workspace`);
   }
   await mkdir(workspace, { recursive: true });
+  // A task workspace swapped for a symlink would move every path of the task elsewhere.
+  if (!(await lstat(workspace)).isDirectory()) throw new WorkspacePathError('the task workspace is a symbolic link or not a directory: refused');
   const root = await realpath(workspace);
   const target = path.resolve(root, rel);
   if (target !== root && !target.startsWith(root + path.sep)) throw new WorkspacePathError(`path "${rel}" is outside the task workspace`);
@@ -77,15 +108,20 @@ export function createWorkspaceActivities(deps: ActivityDeps) {
     if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: tool, decision: ctx.policy });
     const args = await expandArgs(pool, rawArgs, atRest);
     const parsed = schema.safeParse(args);
+    const dirty = textProblems(args);
     let result: ToolResult;
-    if (!parsed.success) {
+    if (dirty.length) {
+      result = { ok: false, content: `invalid arguments for ${tool}: ${dirty.map((p) => `${p.path.join('.') || '(arguments)'}: ${p.message}`).join('; ')}` };
+    } else if (!parsed.success) {
       result = { ok: false, content: `invalid arguments for ${tool}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` };
     } else {
       try {
         result = await fn(parsed.data, taskWorkspace(workspaceRoot, ctx.taskId));
       } catch (err) {
-        if (!(err instanceof WorkspacePathError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-        result = { ok: false, content: (err as Error).message };
+        const rel = (parsed.data as { path?: unknown }).path;
+        const mapped = workspaceError(err, typeof rel === 'string' ? rel : '.');
+        if (!(mapped instanceof WorkspacePathError)) throw err;
+        result = { ok: false, content: mapped.message };
       }
     }
     const sensitivity = detectSensitivity(result.content, redactor);
@@ -99,7 +135,7 @@ export function createWorkspaceActivities(deps: ActivityDeps) {
         ctx.taskId,
         ctx.subtaskId,
         tool,
-        JSON.stringify(redactor.redactDeep(redactContent(args))),
+        JSON.stringify(storableText(redactor.redactDeep(redactContent(args)))),
         result.ok ? 'ok' : 'error',
         redactor.redact(result.content.slice(0, 500)),
         Context.current().info.attempt,
@@ -114,6 +150,8 @@ export function createWorkspaceActivities(deps: ActivityDeps) {
     async 'workspace.read'(ctx: ToolCallContext, args: unknown): Promise<ToolResult> {
       return run(ctx, 'workspace.read', WorkspaceReadArgs, args, async ({ path: rel }, ws) => {
         const content = await readFile(await resolveInWorkspace(ws, rel), 'utf8');
+        // PostgreSQL cannot store NUL: a binary file is an answer to the model, not a retried activity.
+        if (textProblem(content) !== undefined) return { ok: false, content: `${rel} is not a text file (it contains NUL bytes): workspace.read reads UTF-8 text` };
         if (content.length <= TOOL_OUTPUT_HISTORY_LIMIT) return { ok: true, content };
         const ref = await putBlob(pool, content, atRest);
         return {
@@ -143,6 +181,8 @@ export function createWorkspaceActivities(deps: ActivityDeps) {
           if (err.code === 'ENOENT') return null;
           throw err;
         });
+        // The snapshot is text in PostgreSQL, which cannot hold NUL: a binary file is not overwritten.
+        if (previous !== null && textProblem(previous) !== undefined) return { ok: false, content: `${rel} is not a text file (it contains NUL bytes): workspace.write does not replace it` };
         // ON CONFLICT keeps the first snapshot: a retry after a crash must not snapshot its own write.
         await pool.query(
           `INSERT INTO workspace_snapshots (call_key, task_id, path, existed, content) VALUES ($1, $2, $3, $4, $5)
@@ -174,7 +214,8 @@ export async function undoWorkspaceWrite(deps: Pick<ActivityDeps, 'pool' | 'work
     // A path that now leaves the workspace (say, a directory swapped for a symlink) is never followed;
     // retrying cannot help, so the undo fails at once and the task reports it.
     const target = await resolveInWorkspace(taskWorkspace(workspaceRoot, step.taskId), snap.path).catch((err: unknown) => {
-      throw err instanceof WorkspacePathError ? ApplicationFailure.nonRetryable(`undo refused: ${err.message}`, 'UndoRefused') : err;
+      const mapped = workspaceError(err, snap.path);
+      throw mapped instanceof WorkspacePathError ? ApplicationFailure.nonRetryable(`undo refused: ${mapped.message}`, 'UndoRefused') : err;
     });
     if (snap.existed) {
       await writeFile(target, atRestOf(deps).openNullable(snap.content) ?? '', 'utf8');

@@ -50,7 +50,12 @@ export interface ApiServerOptions {
   healthTimeoutMs?: number;
   /** Largest accepted request body (default 1 MiB). */
   maxBodyBytes?: number;
+  /** Event streams one API key may hold open at once; beyond it 429 (default 8). */
+  maxStreamsPerKey?: number;
 }
+
+/** Event streams one API key may hold open at once unless `maxStreamsPerKey` says otherwise. */
+export const MAX_STREAMS_PER_KEY = 8;
 
 interface Issue {
   path: string;
@@ -94,6 +99,8 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
   const maxBodyBytes = opts.maxBodyBytes ?? MAX_BODY_BYTES;
   const authenticate = createAuthenticator({ bootstrapKey: opts.apiKey, keys: opts.keys });
   const streams = new Set<ServerResponse>();
+  const streamsPerKey = new Map<string, number>();
+  const maxStreamsPerKey = opts.maxStreamsPerKey ?? MAX_STREAMS_PER_KEY;
   const openApi = JSON.stringify(openApiDocument());
 
   const routes: Route[] = [
@@ -150,7 +157,7 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
       path: '/v1/tasks/:id/events',
       scope: 'read',
       does: 'watch tasks',
-      handle: (ctx) => streamEvents(ctx, validate(TaskId, ctx.params.id, 'id')),
+      handle: (ctx) => limitStreams(ctx.principal, () => streamEvents(ctx, validate(TaskId, ctx.params.id, 'id'))),
     },
     {
       method: 'POST',
@@ -210,6 +217,21 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
       },
     },
   ];
+
+  /** Runs `stream` unless the caller's key already holds `maxStreamsPerKey` open streams (429 then). */
+  async function limitStreams(principal: Principal, stream: () => Promise<void>): Promise<void> {
+    const key = principal.keyId || principal.identity;
+    const open = streamsPerKey.get(key) ?? 0;
+    if (open >= maxStreamsPerKey) throw new HttpError(429, `too many event streams: at most ${maxStreamsPerKey} may be open per API key`, {}, { 'retry-after': '5' });
+    streamsPerKey.set(key, open + 1);
+    try {
+      await stream();
+    } finally {
+      const left = (streamsPerKey.get(key) ?? 1) - 1;
+      if (left > 0) streamsPerKey.set(key, left);
+      else streamsPerKey.delete(key);
+    }
+  }
 
   /** One `event:` per progress change, then the result; stops watching when the client goes away. */
   async function streamEvents({ req, res, requestId, principal }: Ctx, taskId: string): Promise<void> {
@@ -446,6 +468,7 @@ export function openApiDocument(): Record<string, unknown> {
             '200': { description: 'An event stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
             '400': error('BadRequest'),
             '404': error('NotFound'),
+            '429': error('TooManyStreams'),
             ...common,
           },
         },
@@ -615,12 +638,13 @@ export function openApiDocument(): Record<string, unknown> {
       responses: Object.fromEntries(
         (
           [
-            ['BadRequest', 'Invalid body, parameter or task id; `issues` names each field.'],
+            ['BadRequest', 'Invalid body (not JSON, nested deeper than 64 levels, text with a NUL character or a lone surrogate), parameter or task id; `issues` names each field.'],
             ['Unauthorized', 'Missing, wrong or revoked API key.'],
             ['Forbidden', 'The key lacks the scope this call needs.'],
             ['NotFound', "No such task or approval, or another tenant's."],
             ['Conflict', "The approval is no longer pending, the task has already ended, or the task id is another tenant's."],
             ['TooLarge', 'The body is larger than 1 MiB.'],
+            ['TooManyStreams', 'The API key already holds the most event streams allowed at once; close one (Retry-After says when to try again).'],
             ['UnsupportedMediaType', 'The body is not application/json.'],
             ['InternalError', 'Unexpected error; the body carries only a request id.'],
             ['Unavailable', 'Temporal is unavailable.'],

@@ -353,18 +353,21 @@ program
   .command('codec-server')
   .description(
     "serve Temporal's remote codec (POST /encode, /decode) for the Web UI and the CLI with MARE's payload keys (MARE_PAYLOAD_KEYS or MARE_PAYLOAD_KEY_FILE); " +
-      'every call needs the token MARE_CODEC_TOKEN, as a bearer token or as the path prefix /token/<token>; stops on SIGINT/SIGTERM',
+      'every call needs the token (from MARE_CODEC_TOKEN, the file MARE_CODEC_TOKEN_FILE or <data dir>/codec-token; never a command-line argument, which other users can read), ' +
+      'as a bearer token or as the path prefix /token/<token>; answers only requests whose Host is a loopback name, the bound address or an --allowed-host; stops on SIGINT/SIGTERM',
   )
   .option('--bind <host:port>', 'address to listen on (MARE_CODEC_BIND)', process.env.MARE_CODEC_BIND ?? `127.0.0.1:${DEFAULT_CODEC_PORT}`)
   .option('--cors-origin <origins>', 'comma-separated browser origins allowed to call, i.e. the Web UI (MARE_CODEC_CORS_ORIGIN)', process.env.MARE_CODEC_CORS_ORIGIN ?? '')
+  .option('--allowed-host <hosts>', 'comma-separated host names clients reach the server by, besides loopback and the bound address (MARE_CODEC_ALLOWED_HOSTS)', process.env.MARE_CODEC_ALLOWED_HOSTS ?? '')
   .action(
-    action(async (opts: { bind: string; corsOrigin: string }) => {
+    action(async (opts: { bind: string; corsOrigin: string; allowedHost: string }) => {
       const { host, port } = parseBind(opts.bind, '--bind');
       const keyring = payloadKeyringFromEnv({ dataDir: dataDir() });
       if (!keyring) throw new PayloadKeyError('no payload key: set MARE_PAYLOAD_KEYS ("id:base64key,…") or MARE_PAYLOAD_KEY_FILE (or run `mare dev` once, which generates one)');
       const { token } = codecTokenFromEnv({ dataDir: dataDir() });
       const corsOrigins = opts.corsOrigin.split(',').map((o) => o.trim()).filter(Boolean);
-      await serveCodec({ keyring, token, corsOrigins, logger: createLogger('mare-codec'), host, port, print });
+      const allowedHosts = opts.allowedHost.split(',').map((h) => h.trim()).filter(Boolean);
+      await serveCodec({ keyring, token, corsOrigins, allowedHosts, logger: createLogger('mare-codec'), host, port, print });
     }),
   );
 

@@ -18,7 +18,9 @@ import {
   SEARCH_ATTRIBUTES,
   TASK_QUEUE,
   TaskId,
-  TaskRequest,
+  type TaskRequest,
+  TaskRequestFields,
+  checkText,
   taskWorkflowId,
   type ApprovalDecision,
   type ApprovalView,
@@ -35,7 +37,7 @@ import { tracingFromEnv } from '../workers/tracing';
 import { dataDir } from '../scripts/stack/datadir';
 
 /** What `submitTask` accepts: a TaskRequest whose taskId (the idempotency key) is optional. */
-export const SubmitTaskInput = TaskRequest.extend({ taskId: TaskId.optional() });
+export const SubmitTaskInput = TaskRequestFields.extend({ taskId: TaskId.optional() }).superRefine(checkText);
 export type SubmitTaskInput = z.input<typeof SubmitTaskInput>;
 
 /** Bad input from the caller; nothing was started. */

@@ -33,9 +33,25 @@ export interface CodecServerOptions {
   token: string;
   /** Browser origins allowed to call (the Web UI's, e.g. http://localhost:8233); none: no CORS headers at all. */
   corsOrigins?: string[];
+  /**
+   * Host names (without port) the server answers to, besides the loopback names; any other `Host`
+   * header gets 421, so a page on a rebound DNS name cannot reach it through the browser.
+   */
+  allowedHosts?: string[];
   /** One line per request (method, path without the token, status, payload count, duration). Default: silent. */
   logger?: Logger;
   maxBodyBytes?: number;
+}
+
+/** The names every codec server answers to: the loopback addresses, as a browser writes them in `Host`. */
+export const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '[::1]'];
+
+/** The host name of a `Host` header, lower-cased and without its port (`[::1]` keeps its brackets). */
+export function hostName(header: string): string {
+  const h = header.trim().toLowerCase();
+  if (h.startsWith('[')) return h.slice(0, h.indexOf(']') + 1);
+  const colon = h.indexOf(':');
+  return colon < 0 ? h : h.slice(0, colon);
 }
 
 const Base64 = z.string().regex(/^[A-Za-z0-9+/_-]*={0,2}$/, 'must be base64');
@@ -62,6 +78,8 @@ export function createCodecServer(opts: CodecServerOptions): http.Server {
   const origins = new Set(opts.corsOrigins ?? []);
   const logger = opts.logger ?? pino({ level: 'silent' });
   const maxBodyBytes = opts.maxBodyBytes ?? MAX_CODEC_BODY_BYTES;
+  // A bare IPv6 address (two colons or more) is bracketed, as a Host header writes it.
+  const hosts = new Set([...LOOPBACK_HOSTS, ...(opts.allowedHosts ?? []).map((h) => hostName(h.split(':').length > 2 && !h.startsWith('[') ? `[${h}]` : h))]);
 
   const handle = async (req: IncomingMessage, res: ServerResponse, cors: Record<string, string>): Promise<number> => {
     const pathname = (req.url ?? '').split('?')[0] ?? '';
@@ -86,6 +104,11 @@ export function createCodecServer(opts: CodecServerOptions): http.Server {
     const cors: Record<string, string> = allowed ? { 'access-control-allow-origin': origin, 'access-control-allow-credentials': 'true', vary: 'Origin' } : { vary: 'Origin' };
     const logLine = (status: number): void =>
       logger.info({ method: req.method, path: (req.url ?? '').split('?')[0]?.replace(/^\/token\/[^/]+/, '/token/***'), status, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'codec request');
+    // DNS rebinding: a browser that was told evil.example is 127.0.0.1 still says "Host: evil.example".
+    if (!hosts.has(hostName(req.headers.host ?? ''))) {
+      reply(res, 421, { error: `this codec server does not answer to host "${(req.headers.host ?? '').slice(0, 100)}"` }, { vary: 'Origin' });
+      return logLine(421);
+    }
     if (req.method === 'OPTIONS') {
       // A preflight from any other origin gets no CORS headers, so the browser refuses the call.
       const status = allowed ? 204 : 403;
@@ -134,13 +157,14 @@ export class CodecTokenError extends Error {
 }
 
 /**
- * The codec server's token: MARE_CODEC_TOKEN, else the file `<data dir>/codec-token`; with `generate`
- * (the local stack) a missing file is created with a random token, readable by its owner only.
+ * The codec server's token: MARE_CODEC_TOKEN, else the file MARE_CODEC_TOKEN_FILE, else the file
+ * `<data dir>/codec-token`; with `generate` (the local stack) a missing file is created with a random
+ * token, readable by its owner only. Never a command-line argument: other users can read those.
  */
 export function codecTokenFromEnv(opts: { env?: NodeJS.ProcessEnv; dataDir: string; generate?: boolean }): { token: string; origin: string } {
   const env = opts.env ?? process.env;
   const fromEnv = env.MARE_CODEC_TOKEN?.trim();
-  const file = path.join(opts.dataDir, 'codec-token');
+  const file = env.MARE_CODEC_TOKEN_FILE?.trim() || path.join(opts.dataDir, 'codec-token');
   let found: { token: string; origin: string } | undefined = fromEnv ? { token: fromEnv, origin: 'MARE_CODEC_TOKEN' } : undefined;
   if (!found && fs.existsSync(file)) found = { token: fs.readFileSync(file, 'utf8').trim(), origin: `token file ${file}` };
   if (!found && opts.generate) {
@@ -149,14 +173,16 @@ export function codecTokenFromEnv(opts: { env?: NodeJS.ProcessEnv; dataDir: stri
     fs.writeFileSync(file, `${token}\n`, { mode: 0o600 });
     found = { token, origin: `token file ${file}` };
   }
-  if (!found) throw new CodecTokenError(`no codec server token: set MARE_CODEC_TOKEN (at least ${MIN_CODEC_TOKEN_LENGTH} characters), or run \`mare dev\` once, which generates ${file}`);
+  if (!found) throw new CodecTokenError(`no codec server token: set MARE_CODEC_TOKEN or MARE_CODEC_TOKEN_FILE (at least ${MIN_CODEC_TOKEN_LENGTH} characters), or run \`mare dev\` once, which generates ${file}`);
   if (found.token.length < MIN_CODEC_TOKEN_LENGTH) throw new CodecTokenError(`the codec server token from ${found.origin} must be at least ${MIN_CODEC_TOKEN_LENGTH} characters`);
   return found;
 }
 
 /** `mare codec-server`: serves the codec until SIGINT or SIGTERM, then closes it. */
 export async function serveCodec(opts: CodecServerOptions & { port: number; host: string; print: (line: string) => void }): Promise<void> {
-  const server = createCodecServer(opts);
+  // A server bound to one address answers to that address too; a wildcard bind answers to no extra name.
+  const bound = ['0.0.0.0', '::', ''].includes(opts.host) ? [] : [opts.host];
+  const server = createCodecServer({ ...opts, allowedHosts: [...(opts.allowedHosts ?? []), ...bound] });
   const { port } = await listen(server, opts.port, opts.host);
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
   opts.print(`MARE codec server on http://${host}:${port} (POST /encode, /decode; CORS for ${opts.corsOrigins?.length ? opts.corsOrigins.join(', ') : 'no origin'}). Press Ctrl-C to stop.`);

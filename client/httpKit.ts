@@ -40,8 +40,11 @@ export function authenticate(header: string | undefined, keyDigest: Buffer, what
   if (!timingSafeEqual(sha256(found[1]), keyDigest)) throw unauthorized(`invalid ${what}`);
 }
 
-/** Reads and parses a JSON body of at most `limit` bytes (413 beyond it, 415 for another media type). */
-export async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+/** Arrays and objects nested deeper than this in a request body are refused with 400. */
+export const MAX_BODY_DEPTH = 64;
+
+/** Reads and parses a JSON body of at most `limit` bytes (413 beyond it, 415 for another media type, 400 nested deeper than `maxDepth`). */
+export async function readJson(req: IncomingMessage, limit: number, maxDepth = MAX_BODY_DEPTH): Promise<unknown> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
   if (type && type !== 'application/json' && !type.endsWith('+json')) {
     drain(req);
@@ -66,11 +69,31 @@ export async function readJson(req: IncomingMessage, limit: number): Promise<unk
     req.once('end', () => resolve(Buffer.concat(chunks)));
     req.once('error', reject);
   });
+  const text = raw.toString('utf8');
+  // Checked before parsing: a deeply nested body would overflow the stack of whatever walks it later.
+  if (jsonDepth(text) > maxDepth) throw new HttpError(400, `request body is nested deeper than ${maxDepth} levels`, { issues: [] });
   try {
-    return JSON.parse(raw.toString('utf8')) as unknown;
+    return JSON.parse(text) as unknown;
   } catch {
     throw new HttpError(400, 'request body is not valid JSON', { issues: [] });
   }
+}
+
+/** The deepest nesting of arrays and objects in JSON text (strings skipped), without parsing it. */
+export function jsonDepth(text: string): number {
+  let depth = 0;
+  let deepest = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) deepest = Math.max(deepest, ++depth);
+    else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return deepest;
 }
 
 /** Discards the rest of a refused body so the answer reaches the client; a sender that keeps going is cut off. */

@@ -71,7 +71,8 @@ export async function startLocalStack(opts: { logger: Logger; redactor?: Redacto
     const { port: codecPort } = await listen(codec, requestedCodecPort, '127.0.0.1');
     stops.push(() => new Promise<void>((resolve) => codec.close(() => resolve())));
     const codecUrl = `http://127.0.0.1:${codecPort}`;
-    const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort, uiCodecEndpoint: `${codecUrl}/token/${token}`, log: (m) => logger.debug(m) });
+    // No --ui-codec-endpoint: it would carry the token on a command line, which every local user can read.
+    const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort, log: (m) => logger.debug(m) });
     stops.push(() => temporal.stop());
     const db = await resolveDatabase((m) => print(`postgres: ${m}`));
     stops.push(() => db.stop());
@@ -125,7 +126,7 @@ export function describeStack(stack: LocalStack): string[] {
     `Database:       ${redactUrl(stack.databaseUrl)}${stack.embeddedDatabase ? ' (embedded, data in .mare/postgres)' : ' (DATABASE_URL)'}`,
     `Role keys:      ${stack.roleKeys}`,
     `Payloads:       encrypted (AES-256-GCM), keys from ${stack.payloadKeys}`,
-    `Codec server:   ${stack.codecUrl} (the Web UI decodes through it; token in MARE_CODEC_TOKEN or .mare/codec-token)`,
+    `Codec server:   ${stack.codecUrl} (to decode in the Web UI, set its Codec Server endpoint to ${stack.codecUrl}/token/<token in MARE_CODEC_TOKEN or .mare/codec-token>)`,
     `Model:          ${stack.model.name}${stack.model.offline ? ' (offline scripted model)' : ''}`,
     'Web UI links:',
     ...webUiLinks(stack.uiUrl, stack.namespace).map((l) => `  ${l}`),

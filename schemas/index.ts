@@ -6,3 +6,4 @@ export * from './model';
 export * from './task';
 export * from './constants';
 export * from './policy';
+export * from './text';

@@ -2,6 +2,7 @@ import semver from 'semver';
 import { z } from 'zod';
 import { globError } from './patterns';
 import { BUILTIN_TOOLS } from './tools';
+import { checkText } from './text';
 
 /**
  * Role Embodiment Profiles (REP): what an embodiment is told and allowed to do. A profile as
@@ -110,25 +111,27 @@ const SchemaVersion = z.literal(ROLE_SCHEMA_VERSION, `unsupported schema version
 /** `parent` or `parent@range`: the role this one inherits from. */
 const Extends = z.string().regex(/^[a-z][a-z0-9-]{0,63}(@[^@\s]+)?$/, 'must be a role name, optionally with @version or @range');
 
-/** A profile as written in profile.json: with `extends`, every field but name and version is optional. */
-export const RoleProfileSource = z.strictObject({
-  schemaVersion: SchemaVersion.optional(),
-  name: RoleName,
-  version: SemVer,
-  extends: Extends.optional(),
-  description: fields.description.optional(),
-  systemPrompt: fields.systemPrompt.optional(),
-  toneGuide: fields.toneGuide.optional(),
-  constraints: fields.constraints.optional(),
-  tools: fields.tools.optional(),
-  confidenceThreshold: fields.confidenceThreshold.optional(),
-  modelPreference: fields.modelPreference.optional(),
-  maxIterations: fields.maxIterations.optional(),
-  maxAttempts: fields.maxAttempts.optional(),
-  tokenBudget: fields.tokenBudget.optional(),
-  escalateTo: fields.escalateTo.optional(),
-  handles: fields.handles.optional(),
-});
+/** A profile as written in profile.json: with `extends`, every field but name and version is optional; no NUL or lone surrogate anywhere. */
+export const RoleProfileSource = z
+  .strictObject({
+    schemaVersion: SchemaVersion.optional(),
+    name: RoleName,
+    version: SemVer,
+    extends: Extends.optional(),
+    description: fields.description.optional(),
+    systemPrompt: fields.systemPrompt.optional(),
+    toneGuide: fields.toneGuide.optional(),
+    constraints: fields.constraints.optional(),
+    tools: fields.tools.optional(),
+    confidenceThreshold: fields.confidenceThreshold.optional(),
+    modelPreference: fields.modelPreference.optional(),
+    maxIterations: fields.maxIterations.optional(),
+    maxAttempts: fields.maxAttempts.optional(),
+    tokenBudget: fields.tokenBudget.optional(),
+    escalateTo: fields.escalateTo.optional(),
+    handles: fields.handles.optional(),
+  })
+  .superRefine(checkText);
 export type RoleProfileSource = z.infer<typeof RoleProfileSource>;
 
 /** A complete, resolved profile: what embodiments load. `extends` names the exact parent version used. */
@@ -152,6 +155,7 @@ export const RoleProfile = z
     handles: fields.handles,
   })
   .superRefine((p, ctx) => {
+    checkText(p, ctx);
     if (p.escalateTo === p.name) ctx.addIssue({ code: 'custom', path: ['escalateTo'], message: 'a role cannot escalate to itself' });
   });
 export type RoleProfile = z.infer<typeof RoleProfile>;

@@ -6,14 +6,15 @@ import type { TokenUsage } from './model';
 import type { RoleSource, RoutedBy } from './role';
 import type { CompensationOutcome, UndoStep } from './tools';
 import type { ApprovalSignature } from './approvalSignature';
+import { checkText } from './text';
 
 /** Task ids double as idempotency keys: the same id never starts a second run. */
 export const TaskId = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'task ids are 1-128 chars of letters, digits, ".", "_" or "-"');
 
-/** What an application submits. Validated before anything starts. */
-export const TaskRequest = z.strictObject({
+/** The fields of a TaskRequest, before the text check (for schemas that change a field, such as SubmitTaskInput). */
+export const TaskRequestFields = z.strictObject({
   taskId: TaskId,
   goal: z.string().trim().min(1, 'goal must not be empty').max(20_000),
   tenant: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/).default('default'),
@@ -24,6 +25,9 @@ export const TaskRequest = z.strictObject({
   /** The composite score the task's own criteria must reach. */
   acceptanceThreshold: z.number().min(0).max(1).default(0.7),
 });
+
+/** What an application submits. Validated before anything starts; no text in it may hold NUL or a lone surrogate. */
+export const TaskRequest = TaskRequestFields.superRefine(checkText);
 export type TaskRequest = z.infer<typeof TaskRequest>;
 /** The request before defaults are applied, as a client writes it. */
 export type TaskRequestInput = z.input<typeof TaskRequest>;

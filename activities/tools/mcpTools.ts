@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
-import { TOOL_OUTPUT_HISTORY_LIMIT, type ToolCallContext, type ToolResult, type UndoStep } from '../../schemas';
+import { storableText, textProblems, TOOL_OUTPUT_HISTORY_LIMIT, type ToolCallContext, type ToolResult, type UndoStep } from '../../schemas';
 import { atRestOf, type AtRest } from '../atRest';
 import { expandArgs } from '../blobRefs';
 import type { ActivityDeps } from '../deps';
@@ -40,18 +40,24 @@ async function runMcpTool(deps: ActivityDeps, name: string, ctx: ToolCallContext
 
   const args = (await expandArgs(pool, rawArgs, atRest)) as Record<string, unknown>;
   if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: name, decision: ctx.policy });
+  const dirty = textProblems(args);
   const heartbeat = setInterval(() => activity.heartbeat(), HEARTBEAT_EVERY_MS);
   let result: ToolResult;
   try {
-    if (entry.toolConfig.undo) await snapshotForUndo(deps, entry, ctx, args);
-    const callArgs = entry.toolConfig.idempotencyKeyArg ? { ...args, [entry.toolConfig.idempotencyKeyArg]: idempotencyKey } : args;
-    const out = await tools.hub.callTool(entry.server, entry.tool, callArgs, {
-      timeoutMs: entry.toolConfig.timeoutMs ?? entry.serverConfig.timeoutMs,
-      signal: activity.cancellationSignal,
-      idempotencyKey,
-      onProgress: () => activity.heartbeat(),
-    });
-    result = await toolResult(pool, atRest, out.text, !out.isError);
+    // NUL or a lone surrogate in the arguments: a tool error for the model; the server never sees them.
+    if (dirty.length) result = { ok: false, content: `invalid arguments for ${name}: ${dirty.map((p) => `${p.path.join('.') || '(arguments)'}: ${p.message}`).join('; ')}` };
+    else {
+      if (entry.toolConfig.undo) await snapshotForUndo(deps, entry, ctx, args);
+      const callArgs = entry.toolConfig.idempotencyKeyArg ? { ...args, [entry.toolConfig.idempotencyKeyArg]: idempotencyKey } : args;
+      const out = await tools.hub.callTool(entry.server, entry.tool, callArgs, {
+        timeoutMs: entry.toolConfig.timeoutMs ?? entry.serverConfig.timeoutMs,
+        signal: activity.cancellationSignal,
+        idempotencyKey,
+        onProgress: () => activity.heartbeat(),
+      });
+      // Tool output is stored in PostgreSQL, which cannot hold NUL.
+      result = await toolResult(pool, atRest, storableText(out.text), !out.isError);
+    }
   } catch (err) {
     if (activity.cancellationSignal.aborted) throw activity.cancellationSignal.reason ?? err;
     if (err instanceof McpUnavailableError) throw ApplicationFailure.retryable(redactor.redact(err.message), 'ToolUnavailable');
@@ -70,7 +76,7 @@ async function runMcpTool(deps: ActivityDeps, name: string, ctx: ToolCallContext
       ctx.taskId,
       ctx.subtaskId,
       name,
-      JSON.stringify(redactor.redactDeep(args)),
+      JSON.stringify(storableText(redactor.redactDeep(args))),
       result.ok ? 'ok' : 'error',
       redactor.redact(result.content.slice(0, 500)),
       activity.info.attempt,
@@ -99,7 +105,7 @@ async function snapshotForUndo(deps: ActivityDeps, entry: McpToolEntry, ctx: Too
   });
   await deps.pool.query(
     `INSERT INTO tool_snapshots (call_key, task_id, tool, existed, content) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_key) DO NOTHING`,
-    [ctx.callKey, ctx.taskId, entry.name, !out.isError, out.isError ? null : atRestOf(deps).sealText(out.text)],
+    [ctx.callKey, ctx.taskId, entry.name, !out.isError, out.isError ? null : atRestOf(deps).sealText(storableText(out.text))],
   );
 }
 
