@@ -2,7 +2,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import Ajv from 'ajv';
 import { z } from 'zod';
 import { patternError, patternFound } from '../schemas/patterns';
-import { addUsage, describeCriterion, extractJsonObject, TASK_SCOPE, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
+import { addUsage, describeCriterion, storableText, extractJsonObject, TASK_SCOPE, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
 import type { ActivityDeps } from './deps';
 import { canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
@@ -176,8 +176,9 @@ export function createVerifyActivities(deps: ActivityDeps) {
           : `composite score ${score.toFixed(2)} is below the role's threshold ${input.threshold}`;
       // The evidence bundle: what was checked and what each check relied on, content-addressed.
       spend.toolOutputs ??= await toolOutputsOf(pool, input.taskId, input.subtaskId, input.attempt, atRestOf(deps));
-      // Display only (people and reports read it): redacted before it is hashed and stored.
-      const evidence = deps.redactor.redactDeep({
+      // Display only (people and reports read it): redacted before it is hashed and stored; model-written
+      // text (judge rationales, command output) with NUL or a lone surrogate made storable.
+      const evidence = storableText(deps.redactor.redactDeep({
         taskId: input.taskId,
         subtaskId: input.subtaskId,
         attempt: input.attempt,
@@ -191,7 +192,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
         score,
         threshold: input.threshold,
         passed,
-      });
+      }));
       const evidenceId = sha256(canonicalJson(evidence));
       await pool.query(
         `INSERT INTO evidence (evidence_id, task_id, subtask_id, attempt, passed, score, body) VALUES ($1, $2, $3, $4, $5, $6, $7)

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { TokenUsage } from './model';
-import { patternError } from './patterns';
+import { PatternField } from './patternFields';
 
 export { describeCriterion } from './describe';
 
@@ -21,14 +21,7 @@ export const Criterion = z.discriminatedUnion('kind', [
     kind: z.literal('file_matches'),
     path: WorkspacePath,
     /** RE2 syntax (searched line by line with `^`/`$` at line breaks); matched in linear time. */
-    pattern: z
-      .string()
-      .min(1)
-      .max(1_000)
-      .superRefine((source, ctx) => {
-        const error = patternError(source);
-        if (error) ctx.addIssue({ code: 'custom', message: error });
-      }),
+    pattern: PatternField,
   }),
   z.strictObject({ kind: z.literal('output_contains'), text: z.string().min(1) }),
   z.strictObject({ kind: z.literal('judged'), rubric: z.string().min(1).max(4000) }),

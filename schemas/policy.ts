@@ -1,6 +1,6 @@
 import semver from 'semver';
 import { z } from 'zod';
-import { globError, patternError } from './patterns';
+import { GlobField, PatternField } from './patternFields';
 
 /** What a policy says about one call. */
 export type PolicyVerdict = 'allow' | 'deny' | 'escalate';
@@ -55,15 +55,7 @@ const ARG_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
 const NonEmptyString = z.string().min(1);
 
-/** A glob (schemas/patterns.ts: shell syntax, matched in linear time). */
-const Glob = z
-  .string()
-  .min(1)
-  .max(200)
-  .superRefine((g, ctx) => {
-    const error = globError(g);
-    if (error) ctx.addIssue({ code: 'custom', message: error });
-  });
+const Glob = GlobField;
 
 /** A custom message for a wrong value, and "is required" for a missing one. */
 const say = (message: string) => ({ error: (issue: { input?: unknown }) => (issue.input === undefined ? 'is required' : message) });
@@ -74,15 +66,7 @@ export const PolicyArgCondition = z
     /** Globs over the argument (non-strings as JSON text); any one matching is enough. */
     globs: z.array(Glob).min(1).optional(),
     /** An RE2 regular expression searched for in the argument (unanchored, no flags); matched in linear time. */
-    pattern: z
-      .string()
-      .min(1)
-      .max(1_000)
-      .superRefine((source, ctx) => {
-        const error = patternError(source);
-        if (error) ctx.addIssue({ code: 'custom', message: error });
-      })
-      .optional(),
+    pattern: PatternField.optional(),
     /** The argument is exactly this value (same type and value). */
     equals: z.union([z.string(), z.number(), z.boolean()], say('must be a string, a number or a boolean')).optional(),
   })

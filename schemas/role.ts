@@ -1,6 +1,6 @@
 import semver from 'semver';
 import { z } from 'zod';
-import { globError } from './patterns';
+import { GlobField } from './patternFields';
 import { BUILTIN_TOOLS } from './tools';
 import { checkText } from './text';
 
@@ -27,14 +27,7 @@ const RoleName = z.string().regex(ROLE_NAME, 'must be lower-case letters, digits
 const SemVer = z.string().refine((v) => semver.valid(v) === v, 'must be a semantic version such as 1.2.0');
 
 /** A glob pattern: `*` within a path segment, `**` across segments, `?` one character (matched in linear time, schemas/patterns.ts). */
-const Glob = z
-  .string()
-  .min(1)
-  .max(200)
-  .superRefine((g, ctx) => {
-    const error = globError(g);
-    if (error) ctx.addIssue({ code: 'custom', message: error });
-  });
+const Glob = GlobField;
 
 const ToolName = z.string().superRefine((s, ctx) => {
   if (/[*?]/.test(s)) ctx.addIssue({ code: 'custom', message: 'wildcard tool grants are not allowed; grant each tool by its exact name' });
