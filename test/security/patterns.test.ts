@@ -161,6 +161,15 @@ describe('property: adversarial subjects against every pattern path', () => {
     );
   });
 
+  test("a criterion schema's $id does not shadow a later task's schema with the same $id (issue 15 §7)", async () => {
+    const strict = { $id: 'https://example.com/result', type: 'object', required: ['ok'], properties: { ok: { const: true } } };
+    const lax = { $id: 'https://example.com/result', type: 'object' };
+    expect(await verifyFile({ kind: 'json_schema', path: 'out.txt', schema: strict }, '{"ok": false}')).toBe(false);
+    // Same $id, another schema: with a shared Ajv instance this reused the first one (or threw "already exists").
+    expect(await verifyFile({ kind: 'json_schema', path: 'out.txt', schema: lax }, '{"ok": false}')).toBe(true);
+    expect(await verifyFile({ kind: 'json_schema', path: 'out.txt', schema: strict }, '{"ok": true}')).toBe(true);
+  });
+
   test('a JSON Schema pattern RE2 cannot run fails the criterion with a clear reason instead of running', async () => {
     const taskId = 'redos-lookahead';
     mkdirSync(path.join(workspaceRoot, taskId), { recursive: true });
