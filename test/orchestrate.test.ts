@@ -73,7 +73,7 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   await recordHistories('happy');
   expect(child).toEqual(['callModel', 'workspace.read', 'callModel', 'workspace.write', 'callModel', 'verify']);
   // bookkeeping runs as local activities: recorded as markers, no task-queue round trip
-  expect(localActivities(childEvents)).toEqual(['loadRole', 'toolCatalog', 'loadPolicies', 'approverKeys', 'recordSubtask', 'recordEmbodiments']);
+  expect(localActivities(childEvents)).toEqual(['loadRole', 'toolCatalog', 'loadPolicies', 'recordSubtask', 'recordEmbodiments']);
   const parentEvents = await historyOf(stack, taskWorkflowId('happy'));
   expect(localActivities(parentEvents)).toEqual(['startTask', 'recordTaskFinished']);
   expect(scheduledActivities(parentEvents)).toEqual(['decompose']);

@@ -33,6 +33,7 @@ export class ApprovalDesk {
   private seq = 0;
   /** The approvers' public keys the run pinned; none: decisions need no signature (no payload keyring). */
   private approvers: Readonly<Record<string, string>> = {};
+  private approversPinned = false;
 
   constructor(
     private readonly ids: { taskId: string; subtaskId: string; workflowId: string; parentWorkflowId?: string },
@@ -50,11 +51,6 @@ export class ApprovalDesk {
     );
   }
 
-  /** Pins the approvers' keys: from now on a decision counts only when one of them signed it. */
-  requireSignatures(publicKeys: Readonly<Record<string, string>>): void {
-    this.approvers = publicKeys;
-  }
-
   /** Every approval so far, for the subtask's result. */
   all(): ApprovalView[] {
     return this.views;
@@ -63,6 +59,11 @@ export class ApprovalDesk {
   /** Pauses the call until a person decides or the deadline passes. */
   async request(call: EscalatedCall, decision: PolicyDecision): Promise<ApprovalOutcome> {
     const terms = decision.approval ?? { timeoutSeconds: 3600, onTimeout: 'deny' as const };
+    if (!this.approversPinned) {
+      // Pinned at the first escalation (runs without one pay nothing); until then there is nothing to decide.
+      this.approvers = await store("pin the approvers' keys").approverKeys();
+      this.approversPinned = true;
+    }
     const approvalId = `${this.ids.subtaskId}-${++this.seq}`;
     const { parentWorkflowId: _parent, ...ids } = this.ids;
     const view = await store(`record approval ${approvalId} requested: ${call.about}`).recordApprovalRequested({

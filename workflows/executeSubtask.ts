@@ -119,7 +119,6 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
     ]);
     catalog = await store(`pin the tools of ${progress.role}`).toolCatalog({ tools: toolGrants(role).map((g) => g.tool) });
     policies = await store('pin the policies in force').loadPolicies();
-    desk.requireSignatures(await store("pin the approvers' keys").approverKeys());
 
     // Gates: the role's attempts, each verified, then its escalation.
     let throttleCap = loaded.throttleCap;
