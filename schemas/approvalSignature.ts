@@ -6,7 +6,7 @@ import { hexToBytes, utf8ToBytes } from '@noble/hashes/utils';
  * carries an Ed25519 signature by an approvers' key derived from that keyring (workers/approvalSigning.ts):
  * what MARE's client, the HTTP API and the codec server hold, and a stranger who can reach Temporal
  * does not. The workflow's update validator verifies it against the public keys the run pinned at
- * its start. Pure and deterministic (no I/O, no randomness): workflow code uses it.
+ * its first escalation. Pure and deterministic (no I/O, no randomness): workflow code uses it.
  */
 
 /** The signature on a decision: by which approvers' key (the payload key id it derives from), hex Ed25519. */
