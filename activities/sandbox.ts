@@ -126,7 +126,9 @@ function bwrapArgs(workspace: string, readOnly: readonly string[], sandboxPath: 
   args.push('--proc', '/proc', '--dev', '/dev', '--tmpfs', '/tmp');
   for (const dir of readOnly) args.push('--ro-bind', dir, dir);
   // Last, so the workspace is writable even when it lies under /tmp or an install directory.
-  args.push('--bind', workspace, workspace, '--chdir', workspace);
+  // The sandbox's root is a tmpfs holding the mount points: read-only too, so a write outside the
+  // workspace and /tmp fails instead of landing in it.
+  args.push('--bind', workspace, workspace, '--remount-ro', '/', '--chdir', workspace);
   return args;
 }
 
