@@ -1,4 +1,4 @@
-import type { ed25519 as Ed25519 } from '@noble/curves/ed25519';
+import { ed25519 } from '@noble/curves/ed25519';
 import { hexToBytes, utf8ToBytes } from '@noble/hashes/utils';
 
 /**
@@ -38,18 +38,9 @@ export function approvalSignatureError(d: SignedDecisionFields & { signature?: u
   if (!key) return `the decision is signed with key "${sig.keyId}", which is not an approvers' key of this run`;
   if (!/^[0-9a-f]{128}$/.test(sig.signature)) return 'the decision\'s signature is malformed';
   try {
-    if (curve().verify(hexToBytes(sig.signature), approvalMessage(d), hexToBytes(key))) return undefined;
+    if (ed25519.verify(hexToBytes(sig.signature), approvalMessage(d), hexToBytes(key))) return undefined;
   } catch {
     // a malformed point or key verifies as false
   }
   return 'the decision\'s signature does not verify: it was changed after signing, or signed with another key';
-}
-
-/**
- * The curve, loaded on first use: its module precomputes tables when evaluated (npm run bench showed the cost per run), which every
- * workflow that never verifies a decision should not pay for.
- */
-function curve(): typeof Ed25519 {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a lazy, synchronous load (webpack bundles it)
-  return (require('@noble/curves/ed25519') as { ed25519: typeof Ed25519 }).ed25519;
 }

@@ -1,4 +1,4 @@
-import type { RE2JS as Re2 } from 're2js';
+import { RE2JS } from 're2js';
 
 /**
  * Patterns and globs written by people MARE does not fully trust (policy authors, role authors,
@@ -7,15 +7,6 @@ import type { RE2JS as Re2 } from 're2js';
  * pattern can stall a worker (ReDoS). RE2 has no lookaround and no backreferences; such patterns are
  * refused where they are written. Pure and deterministic: workflow code uses these too.
  */
-
-/**
- * RE2, loaded on first use: in workflow code module evaluation is paid per run (npm run bench showed it), and most runs never
- * match a pattern.
- */
-function engine(): typeof Re2 {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a lazy, synchronous load (webpack bundles it)
-  return (require('re2js') as { RE2JS: typeof Re2 }).RE2JS;
-}
 
 /** A pattern or glob that RE2 cannot run (lookaround, backreference, bad syntax). */
 export class UnsafePatternError extends Error {
@@ -31,14 +22,14 @@ export class UnsafePatternError extends Error {
 // Compiled patterns, so a policy set evaluated on every call compiles each once. Bounded: cleared
 // when full (a miss only costs a compilation, never a different result).
 const CACHE_LIMIT = 1_000;
-const compiled = new Map<string, Re2>();
+const compiled = new Map<string, RE2JS>();
 
-function compile(source: string, flags: number): Re2 {
+function compile(source: string, flags: number): RE2JS {
   const key = `${flags}:${source}`;
   let re = compiled.get(key);
   if (!re) {
     try {
-      re = engine().compile(source, flags);
+      re = RE2JS.compile(source, flags);
     } catch (err) {
       throw new UnsafePatternError(source, (err as Error).message);
     }
@@ -55,7 +46,7 @@ export interface PatternOptions {
 
 /** Whether `source` (RE2 syntax) occurs anywhere in `text`. Throws UnsafePatternError when it cannot be compiled. */
 export function patternFound(source: string, text: string, opts: PatternOptions = {}): boolean {
-  return compile(source, opts.multiline ? engine().MULTILINE : 0)
+  return compile(source, opts.multiline ? RE2JS.MULTILINE : 0)
     .matcher(text)
     .find();
 }
@@ -83,13 +74,13 @@ export interface GlobOptions {
 /** Whether `text` matches the glob. Leading `!` negates; `**`, `*`, `?`, `[...]`, `{a,b}` and `\` escapes as in shells. */
 export function globMatches(glob: string, text: string, opts: GlobOptions = {}): boolean {
   if (glob.startsWith('!') && glob.length > 1) return !globMatches(glob.slice(1), text, opts);
-  return compile(globToRe2(glob, opts), engine().DOTALL).matches(text);
+  return compile(globToRe2(glob, opts), RE2JS.DOTALL).matches(text);
 }
 
 /** Why `glob` cannot be used, or undefined when it can. */
 export function globError(glob: string): string | undefined {
   try {
-    compile(globToRe2(glob.startsWith('!') ? glob.slice(1) : glob, {}), engine().DOTALL);
+    compile(globToRe2(glob.startsWith('!') ? glob.slice(1) : glob, {}), RE2JS.DOTALL);
     return undefined;
   } catch (err) {
     return (err as Error).message;
