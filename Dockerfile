@@ -13,7 +13,7 @@ RUN cp package-lock.json /tmp/package-lock.before \
     fi
 COPY . .
 RUN npm run build \
- && node dist/client/cli.js bundle /app/dist/workflow-bundle.js \
+ && node dist/cli/mare.js bundle /app/dist/workflow-bundle.js \
  && npm prune --omit=dev --no-audit --no-fund
 
 # Runtime stage: same Debian release as the build stage, so native modules built or fetched there load.
@@ -30,5 +30,5 @@ RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && r
 # A named volume mounted on the workspaces directory starts with this ownership.
 RUN mkdir -p /var/lib/mare/workspaces && chown -R node:node /var/lib/mare
 USER node
-ENTRYPOINT ["node", "/app/dist/client/cli.js"]
+ENTRYPOINT ["node", "/app/dist/cli/mare.js"]
 CMD ["--help"]

@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
-import { isBlobRef, looksLikeBlobRef, type BlobRef } from '../schemas/blobRef';
-import { TOOL_OUTPUT_HISTORY_LIMIT, type ChatMessage, type ToolCall } from '../schemas';
-import type { AtRest } from './atRest';
+import { isBlobRef, looksLikeBlobRef, type BlobRef } from '../core/blobRef';
+import { TOOL_OUTPUT_HISTORY_LIMIT, type ChatMessage, type ToolCall } from '../validation';
+import type { AtRest } from '../infra/crypto/atRest';
 import { loadBlob, putBlob } from './store';
 
 /**

@@ -1,11 +1,11 @@
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
-import type { AtRest } from './atRest';
-import type { ModelClient } from './model';
-import type { PolicyService } from './policy/service';
-import type { RoleService } from './roles/service';
-import type { Redactor } from './secrets';
-import type { ToolCatalog } from './tools/catalog';
+import type { AtRest } from '../infra/crypto/atRest';
+import type { ModelClient } from '../infra/models/model';
+import type { PolicyService } from '../infra/policies/policyService';
+import type { RoleService } from '../infra/roles/roleService';
+import type { Redactor } from '../infra/secrets';
+import type { ToolCatalog } from '../infra/tools/catalog';
 
 /** What activities need from the outside world; injected by the worker (and by tests). */
 export interface ActivityDeps {

@@ -1,11 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
 import type { Pool } from 'pg';
-import { subtaskWorkflowId, TASK_SCOPE, type ToolResult } from '../schemas';
-import type { AtRest } from './atRest';
+import { subtaskWorkflowId, TASK_SCOPE, type ToolResult } from '../validation';
+import type { AtRest } from '../infra/crypto/atRest';
 import { sha256 } from './idempotency';
-import { runSandboxed } from './sandbox';
-import type { Redactor } from './secrets';
+import { runSandboxed } from '../infra/sandbox';
+import type { Redactor } from '../infra/secrets';
 import { loadBlob } from './store';
 import { resolveInWorkspace } from './workspace';
 

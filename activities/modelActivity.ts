@@ -1,18 +1,18 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
-import { storableText, type ChatMessage, type ModelRequest, type ModelResponse } from '../schemas';
-import { atRestOf, type AtRest } from './atRest';
+import { storableText, type ChatMessage, type ModelRequest, type ModelResponse } from '../validation';
+import { atRestOf, type AtRest } from '../infra/crypto/atRest';
 import { compactToolCalls, expandMessages } from './blobRefs';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
-import { McpUnavailableError } from './mcp/hub';
+import { McpUnavailableError } from '../infra/mcp/hub';
 import { recordModelMetrics } from './metrics';
 import { checkSystemModelCall, SYSTEM_CALLER } from './policy/gate';
-import { classifyModelError } from './model';
-import { detectSensitivity } from './secrets';
+import { classifyModelError } from '../infra/models/model';
+import { detectSensitivity } from '../infra/secrets';
 import { recordPolicyDecision } from './store';
-import type { ToolDescriptor } from './tools/catalog';
+import type { ToolDescriptor } from '../infra/tools/catalog';
 
 const HEARTBEAT_EVERY_MS = 5_000;
 

@@ -1,4 +1,4 @@
-import { atomicPlan, DEFAULT_ROLE, storableText, validatePlan, type Plan, type TokenUsage } from '../schemas';
+import { atomicPlan, DEFAULT_ROLE, storableText, validatePlan, type Plan, type TokenUsage } from '../validation';
 import type { ActivityDeps } from './deps';
 import { createRoleActivities } from './roles/activities';
 import { audit } from './store';

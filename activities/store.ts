@@ -1,12 +1,12 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
 import { z } from 'zod';
-import { storableText, TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../schemas';
+import { storableText, TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../validation';
 import type { ActivityDeps } from './deps';
 import { activityKey, sha256 } from './idempotency';
 import { recordApprovalMetric } from './metrics';
-import type { AtRest } from './atRest';
-import type { Redactor } from './secrets';
+import type { AtRest } from '../infra/crypto/atRest';
+import type { Redactor } from '../infra/secrets';
 
 /**
  * Stores content once under the sha256 of its plaintext and returns the digest. The content is

@@ -1,18 +1,18 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import Ajv from 'ajv';
 import { z } from 'zod';
-import { patternError, patternFound } from '../schemas/patterns';
-import { addUsage, describeCriterion, storableText, extractJsonObject, TASK_SCOPE, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../schemas';
+import { patternError, patternFound } from '../core/patterns';
+import { addUsage, describeCriterion, storableText, extractJsonObject, TASK_SCOPE, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../validation';
 import type { ActivityDeps } from './deps';
 import { canonicalJson, sha256 } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 import { recordVerificationMetrics } from './metrics';
-import { atRestOf } from './atRest';
+import { atRestOf } from '../infra/crypto/atRest';
 import { audit } from './store';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
-import { commandAllowed, describeAllowed } from './commandAllowlist';
-import { SandboxUnavailable } from './sandbox';
+import { commandAllowed, describeAllowed } from '../infra/commandAllowlist';
+import { SandboxUnavailable } from '../infra/sandbox';
 
 /** Ajv's regular-expression engine for `pattern` and `patternProperties`: RE2, linear in the subject. */
 const re2Engine = Object.assign(

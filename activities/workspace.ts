@@ -14,13 +14,13 @@ import {
   type ToolCallContext,
   type ToolResult,
   type UndoStep,
-} from '../schemas';
+} from '../validation';
 import type { ActivityDeps } from './deps';
 import { audit, putBlob, recordPolicyDecision } from './store';
-import { atRestOf } from './atRest';
+import { atRestOf } from '../infra/crypto/atRest';
 import { expandArgs } from './blobRefs';
 import { activityKey, sha256 } from './idempotency';
-import { detectSensitivity } from './secrets';
+import { detectSensitivity } from '../infra/secrets';
 
 /** A path the tools refuse: outside the workspace, through a symlink, or malformed. */
 export class WorkspacePathError extends Error {

@@ -8,7 +8,7 @@ import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { MareClient } from '../client/client';
-import { TASK_QUEUE, taskWorkflowId, type TaskResult } from '../schemas';
+import { TASK_QUEUE, taskWorkflowId, type TaskResult } from '../validation';
 import { BARE_TASK_QUEUE } from './bareWorker';
 import type { BareChildInput, BareTaskInput } from './bareTypes';
 import type { b0Task, b1Task } from './bareWorkflows';
@@ -37,7 +37,7 @@ export async function startArmWorker(
   arm: ArmName,
   env: { temporalAddress: string; databaseUrl: string; modelScript: string; workspaceDir: string; bundles: { mare: string; bare: string }; tuning: NodeJS.ProcessEnv },
 ): Promise<WorkerProcess> {
-  const args = arm === 'O' ? [path.join(DIST, 'client', 'cli.js'), 'worker', '--identity', 'bench-O'] : [path.join(DIST, 'bench', 'bareWorker.js')];
+  const args = arm === 'O' ? [path.join(DIST, 'cli', 'mare.js'), 'worker', '--identity', 'bench-O'] : [path.join(DIST, 'bench', 'bareWorker.js')];
   const child = spawn(process.execPath, args, {
     env: {
       ...process.env,

@@ -7,8 +7,8 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import type { Pool } from 'pg';
 import pino from 'pino';
 import { createRoleActivities, keyringFromEnv, openRoleService, type LoadRoleInput } from '../activities/roles';
-import { validatePlan, type LoadedRole, type RoleProfile } from '../schemas';
-import { buildAgentContext } from '../workflows/inject';
+import { validatePlan, type LoadedRole, type RoleProfile } from '../validation';
+import { buildAgentContext } from '../core/inject';
 import { percentile } from './stats';
 
 export interface MicroFigure {

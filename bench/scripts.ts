@@ -4,7 +4,7 @@
  * calls, the same as B1's K no-op activities. Verification is deterministic (no judge call).
  */
 import { writeFileSync } from 'node:fs';
-import type { ModelScript } from '../activities/scriptedModel';
+import type { ModelScript } from '../infra/models/scripted';
 
 export const FANOUTS = [1, 3, 10] as const;
 /** Calls per subtask that B1 mirrors with no-op activities: model, tool, model. */

@@ -27,14 +27,14 @@ import {
   type SubtaskProgress,
   type TaskProgress,
   type TaskResult,
-} from '../schemas';
+} from '../validation';
 import { approvalsQuery, decideApprovalUpdate, progressQuery, subtaskProgressQuery, taskResultQuery } from '../workflows/definitions';
 import type { orchestrateTask } from '../workflows';
-import { signApproval } from '../workers/approvalSigning';
-import { EncryptionCodec, mareDataConverter, payloadKeyringFromEnv } from '../workers/payloadCodec';
-import type { Keyring } from '../activities/keyring';
-import { tracingFromEnv } from '../workers/tracing';
-import { dataDir } from '../scripts/stack/datadir';
+import { signApproval } from '../infra/crypto/approvalSigning';
+import { EncryptionCodec, mareDataConverter, payloadKeyringFromEnv } from '../infra/crypto/payloadCodec';
+import type { Keyring } from '../infra/crypto/keyring';
+import { tracingFromEnv } from '../infra/tracing';
+import { dataDir } from '../infra/paths';
 
 /** What `submitTask` accepts: a TaskRequest whose taskId (the idempotency key) is optional. */
 export const SubmitTaskInput = TaskRequestFields.extend({ taskId: TaskId.optional() }).superRefine(checkText);

@@ -1,4 +1,4 @@
-import type { Plan, TaskProgress, TaskResult } from '../schemas';
+import type { Plan, TaskProgress, TaskResult } from '../validation';
 
 /** Help text for when the offline model answered. */
 export const OFFLINE_NOTICE =

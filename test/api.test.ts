@@ -5,13 +5,13 @@ import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import pino from 'pino';
-import { closeApiServer, createApiServer } from '../client/api';
+import { closeApiServer, createApiServer } from '../servers/api';
 import { MareClient, type TaskView } from '../client/client';
-import { TASK_QUEUE, taskWorkflowId, type ApprovalView, type TaskProgress, type TaskResult } from '../schemas';
+import { TASK_QUEUE, taskWorkflowId, type ApprovalView, type TaskProgress, type TaskResult } from '../validation';
 import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 // The real `mare` command from dist/ (npm test builds it first).
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
 const KEY = 'test-api-key-0123456789abcdef';
 

@@ -3,15 +3,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client, Pool } from 'pg';
 import { runner } from 'node-pg-migrate';
-import { auditEventHash, GENESIS_HASH, verifyAuditChain, type AuditChainReport } from '../activities/audit/chain';
+import { auditEventHash, GENESIS_HASH, verifyAuditChain, type AuditChainReport } from '../infra/db/auditChain';
 import { audit } from '../activities/store';
-import { migrate, MIGRATIONS_DIR } from '../db/migrate';
-import { createScratchDatabase } from '../db/scratch';
+import { migrate, MIGRATIONS_DIR } from '../infra/db/migrate';
+import { createScratchDatabase } from '../infra/db/scratch';
 import { ADMIN_DATABASE_URL, createTestDatabase, type TestDatabase } from './helpers';
 
 // The hash-chained audit trail on a real PostgreSQL: the chain is kept by the database's trigger
 // for every writer, and `verifyAuditChain` (TypeScript) recomputes the same hashes.
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 
 interface Run {
   code: number;

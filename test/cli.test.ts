@@ -2,13 +2,13 @@ import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { createModelClient } from '../activities/model';
-import type { TaskResult } from '../schemas';
+import { createModelClient } from '../infra/models/model';
+import type { TaskResult } from '../validation';
 import { createMareWorker } from '../workers/worker';
 import { builtinToolDeps, createTestStack, type ScriptInput, type TestStack } from './helpers';
 
 // The real `mare` command from dist/ (npm test builds it first), against the test Temporal server.
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
 
 let stack: TestStack;

@@ -6,12 +6,12 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import pino from 'pino';
-import { newKey, type Keyring } from '../activities/keyring';
-import { createCodecServer } from '../client/codecServer';
-import { listen } from '../client/httpKit';
-import { taskWorkflowId } from '../schemas';
-import { EncryptionCodec, ENCRYPTED_ENCODING, KEY_ID_METADATA, PayloadIntegrityError, PayloadKeyError, payloadKeyringFromEnv } from '../workers/payloadCodec';
-import { resolveTemporalCli } from '../scripts/stack/temporal';
+import { newKey, type Keyring } from '../infra/crypto/keyring';
+import { createCodecServer } from '../servers/codecServer';
+import { listen } from '../servers/httpKit';
+import { taskWorkflowId } from '../validation';
+import { EncryptionCodec, ENCRYPTED_ENCODING, KEY_ID_METADATA, PayloadIntegrityError, PayloadKeyError, payloadKeyringFromEnv } from '../infra/crypto/payloadCodec';
+import { resolveTemporalCli } from '../dev/temporal';
 import { createTestStack, historyOf, planReply, type ScriptInput, type TestStack } from './helpers';
 
 /** Runs a program and resolves with its standard output; a non-zero exit rejects with its standard error. */

@@ -186,7 +186,7 @@ test('every MARE service runs the image built from the repository Dockerfile, wi
     expect(svc.build?.context).toBe(ROOT);
     expect(svc.build?.dockerfile ?? 'Dockerfile').toBe('Dockerfile');
     images.add(svc.image);
-    expect(svc.entrypoint ?? null).toBeNull(); // the image's: node /app/dist/client/cli.js
+    expect(svc.entrypoint ?? null).toBeNull(); // the image's: node /app/dist/cli/mare.js
   }
   expect(images.size).toBe(1);
   expect(services.setup!.command).toEqual(['setup']);
@@ -200,8 +200,8 @@ test('every MARE service runs the image built from the repository Dockerfile, wi
   expect(dockerfile).toMatch(/^FROM node:22\S* AS build$/m);
   expect(dockerfile).toMatch(/npm ci\b/);
   expect(dockerfile).toContain('npm run build');
-  expect(dockerfile).toContain(`node dist/client/cli.js bundle ${services.worker!.environment?.MARE_WORKFLOW_BUNDLE}`);
-  expect(dockerfile).toContain('ENTRYPOINT ["node", "/app/dist/client/cli.js"]');
+  expect(dockerfile).toContain(`node dist/cli/mare.js bundle ${services.worker!.environment?.MARE_WORKFLOW_BUNDLE}`);
+  expect(dockerfile).toContain('ENTRYPOINT ["node", "/app/dist/cli/mare.js"]');
 });
 
 test('setup registers the search attributes once the namespace exists, and the workers wait for it', async () => {

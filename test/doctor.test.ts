@@ -3,15 +3,15 @@ import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { temporal } from '@temporalio/proto';
-import { keyringVars, newKey, type Keyring } from '../activities/keyring';
-import type { StuckRun } from '../client/doctorCommand';
-import { TASK_QUEUE } from '../schemas';
-import { ENCRYPTED_ENCODING, FAILURE_CONVERTER_PATH, mareDataConverter, PAYLOAD_KEYS } from '../workers/payloadCodec';
+import { keyringVars, newKey, type Keyring } from '../infra/crypto/keyring';
+import type { StuckRun } from '../cli/doctorCommand';
+import { TASK_QUEUE } from '../validation';
+import { ENCRYPTED_ENCODING, FAILURE_CONVERTER_PATH, mareDataConverter, PAYLOAD_KEYS } from '../infra/crypto/payloadCodec';
 import { NONDETERMINISM_METRIC, nondeterminismIn, NondeterminismMonitor } from '../workers/workflowTaskFailures';
 import { createTestStack, freePort, metricSample as sample, type TestStack } from './helpers';
 
 // The real `mare` command from dist/ (npm test builds it first), against the test Temporal server.
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 const FIXTURES = path.join(__dirname, 'fixtures', 'doctor');
 const { EventType } = temporal.api.enums.v1;
 

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { RE2JS } from 're2js';
 import { canonicalJson } from '../activities/idempotency';
-import { subtaskWorkflowId, type ApprovalView, type ChatMessage } from '../schemas';
+import { subtaskWorkflowId, type ApprovalView, type ChatMessage } from '../validation';
 import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;

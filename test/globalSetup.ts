@@ -1,9 +1,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client } from 'pg';
-import { dataDir } from '../scripts/stack/datadir';
-import { startEmbeddedPostgres } from '../scripts/stack/postgres';
-import { resolveTemporalCli } from '../scripts/stack/temporal';
+import { dataDir } from '../infra/paths';
+import { startEmbeddedPostgres } from '../dev/postgres';
+import { resolveTemporalCli } from '../dev/temporal';
 import { bundleMareWorkflows } from '../workers/worker';
 import { BUNDLE_PATH, LOCAL_POSTGRES_URL } from './paths';
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { ROLE_DEFAULTS, RoleProfile } from '../schemas';
-import { buildAgentContext, estimateTokens, SYSTEM_LAYER } from '../workflows/inject';
+import { ROLE_DEFAULTS, RoleProfile } from '../validation';
+import { buildAgentContext, estimateTokens, SYSTEM_LAYER } from '../core/inject';
 
 const role = RoleProfile.parse({
   ...ROLE_DEFAULTS,

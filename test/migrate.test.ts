@@ -1,7 +1,7 @@
 import { readdirSync } from 'node:fs';
 import { Client } from 'pg';
-import { migrate, MIGRATIONS_DIR } from '../db/migrate';
-import { createScratchDatabase } from '../db/scratch';
+import { migrate, MIGRATIONS_DIR } from '../infra/db/migrate';
+import { createScratchDatabase } from '../infra/db/scratch';
 import { ADMIN_DATABASE_URL } from './helpers';
 
 test('four processes migrating one empty database at once: all succeed, each migration applied exactly once', async () => {

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ApplicationFailure } from '@temporalio/common';
-import { classifyModelError, createModelClient, modelConfigFromEnv, type ModelClient } from '../activities/model';
+import { classifyModelError, createModelClient, modelConfigFromEnv, type ModelClient } from '../infra/models/model';
 
 /** A local endpoint that speaks the chat-completions protocol; each test queues its answers. */
 let server: Server;

@@ -4,7 +4,7 @@ import { createTestStack, freePort, metricSample as sample, planReply, toolCall,
 
 let stack: TestStack;
 let worker: ChildProcess | undefined;
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 
 beforeAll(async () => {
   stack = await createTestStack();

@@ -1,4 +1,4 @@
-import { atomicPlan, findCycle, validatePlan, type Plan } from '../schemas';
+import { atomicPlan, findCycle, validatePlan, type Plan } from '../validation';
 
 const sub = (id: string, dependsOn: string[] = []) => ({ id, title: id, instructions: `do ${id}`, role: 'writer', dependsOn });
 const plan = (...subtasks: unknown[]): string => JSON.stringify({ subtasks });

@@ -26,11 +26,11 @@ import {
   type PolicyCondition,
   type PolicyInput,
   type PolicyRule,
-} from '../schemas/policy';
-import { APPROVAL_DEFAULTS, conditionMatches, evaluatePolicies, NO_RULE_MATCHED } from '../workflows/policy';
-import { createRedactor } from '../activities/secrets';
-import { migrate } from '../db/migrate';
-import { createScratchDatabase } from '../db/scratch';
+} from '../validation/policy';
+import { APPROVAL_DEFAULTS, conditionMatches, evaluatePolicies, NO_RULE_MATCHED } from '../core/policy';
+import { createRedactor } from '../infra/secrets';
+import { migrate } from '../infra/db/migrate';
+import { createScratchDatabase } from '../infra/db/scratch';
 import { ADMIN_DATABASE_URL, createTestDatabase, type TestDatabase } from './helpers';
 
 /** A tool call by a writer of tenant acme; `over` replaces fields. */
@@ -272,12 +272,12 @@ describe('evaluatePolicies: decisions', () => {
   });
 
   test('workflow code imports no zod: only types from the schemas, and the zod-free pattern engine', () => {
-    const source = readFileSync(path.join(__dirname, '..', 'workflows', 'policy.ts'), 'utf8');
+    const source = readFileSync(path.join(__dirname, '..', 'core', 'policy.ts'), 'utf8');
     const imports = source.split('\n').filter((l) => l.startsWith('import '));
     // The only value import is the zod-free pattern engine (RE2 in pure JavaScript).
     expect(imports.filter((l) => /zod/.test(l))).toEqual([]);
-    expect(imports.filter((l) => !l.startsWith('import type ')).map((l) => /from '([^']+)'/.exec(l)?.[1])).toEqual(['../schemas/patterns']);
-    expect(readFileSync(path.join(__dirname, '..', 'schemas', 'patterns.ts'), 'utf8')).not.toMatch(/from 'zod'/);
+    expect(imports.filter((l) => !l.startsWith('import type ')).map((l) => /from '([^']+)'/.exec(l)?.[1])).toEqual(['./patterns']);
+    expect(readFileSync(path.join(__dirname, '..', 'core', 'patterns.ts'), 'utf8')).not.toMatch(/from 'zod'/);
   });
 });
 

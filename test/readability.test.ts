@@ -1,13 +1,13 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { resolveTemporalCli } from '../scripts/stack/temporal';
-import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../schemas';
+import { resolveTemporalCli } from '../dev/temporal';
+import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../validation';
 import { webUiLinks } from '../client/render';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 
 beforeAll(async () => {
   stack = await createTestStack();

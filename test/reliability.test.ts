@@ -12,12 +12,12 @@ import {
   type EmbodimentRecord,
   type EnforcementRecord,
   type ReliabilityRow,
-} from '../activities/reliability/store';
+} from '../infra/db/reliabilityStore';
 import { createTestDatabase, type TestDatabase } from './helpers';
 
 // Reliability metrics and enforcement actions on a real PostgreSQL database, and `mare report …`
 // through the real CLI from dist/ (npm test builds it first).
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 
 const NOW = Date.now();
 const DAY = 86_400_000;

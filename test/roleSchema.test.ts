@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import semver from 'semver';
 import { availability, routeSubtask } from '../activities/roles/router';
-import { type ParentLookup, parseRoleSource, resolveRoleProfile, roleChecksum, RoleValidationError, splitRoleRef } from '../activities/roles/validate';
+import { type ParentLookup, parseRoleSource, resolveRoleProfile, roleChecksum, RoleValidationError, splitRoleRef } from '../validation/roleProfile';
 import {
   BUILTIN_TOOL_ACCESS,
   BUILTIN_TOOLS,
@@ -14,8 +14,8 @@ import {
   SYSTEM_PROMPT_MAX_BYTES,
   type ToolCall,
   type ToolGrant,
-} from '../schemas';
-import { checkToolCall, toolGrants } from '../workflows/permissions';
+} from '../validation';
+import { checkToolCall, toolGrants } from '../core/permissions';
 
 type Candidate = Parameters<typeof routeSubtask>[0]['candidates'][number];
 type Stage = 'parse' | 'resolve';

@@ -13,7 +13,7 @@ import {
   RoleService,
   type LoadRoleInput,
 } from '../activities/roles';
-import type { LoadedRole } from '../schemas';
+import type { LoadedRole } from '../validation';
 import { createTestDatabase, type TestDatabase } from './helpers';
 
 const PROBE = path.join(__dirname, 'fixtures', 'roleCacheProbe.js');

@@ -8,7 +8,7 @@ import { createTestDatabase, type TestDatabase } from './helpers';
 
 // `mare roles …` as users run it: the real CLI from dist/ (npm test builds it first), in a child
 // process, against a database of this file's own. No Temporal server is needed for these commands.
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 
 interface Run {
   code: number;

@@ -1,4 +1,4 @@
-import { createRedactor, detectSensitivity, REDACTED, Redactor, SecretsConfigError } from '../activities/secrets';
+import { createRedactor, detectSensitivity, REDACTED, Redactor, SecretsConfigError } from '../infra/secrets';
 import { createLogger } from '../workers/logger';
 
 // A planted canary: it must never survive redaction anywhere.

@@ -4,11 +4,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { Client } from 'pg';
-import { startEmbeddedPostgres } from '../scripts/stack/postgres';
-import { resolveTemporalCli, startTemporalDevServer, MARE_SEARCH_ATTRIBUTES } from '../scripts/stack/temporal';
+import { startEmbeddedPostgres } from '../dev/postgres';
+import { resolveTemporalCli, startTemporalDevServer, MARE_SEARCH_ATTRIBUTES } from '../dev/temporal';
 
 // The local stack that `npm start` and `mare dev` run, started for real.
-const STACK_JS = path.join(__dirname, '..', 'dist', 'scripts', 'stack', 'postgres.js');
+const STACK_JS = path.join(__dirname, '..', 'dist', 'dev', 'postgres.js');
 let dir: string;
 beforeAll(() => {
   dir = mkdtempSync(path.join(tmpdir(), 'mare-stack-'));

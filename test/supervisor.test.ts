@@ -1,13 +1,13 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { SEARCH_ATTRIBUTES, supervisorWorkflowId, TASK_QUEUE } from '../schemas';
-import { decide, SUPERVISOR_DEFAULTS, type OutcomeReport, type SupervisorState } from '../schemas/supervisor';
+import { SEARCH_ATTRIBUTES, supervisorWorkflowId, TASK_QUEUE } from '../validation';
+import { decide, SUPERVISOR_DEFAULTS, type OutcomeReport, type SupervisorState } from '../core/supervisor';
 import { embodimentOutcomeSignal, supervisorStateQuery } from '../workflows/definitions';
 import { createTestStack, planReply, recordHistory, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
 const who = { actor: 'test' };
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 
 beforeAll(async () => {
   stack = await createTestStack();

@@ -7,8 +7,8 @@ import type { ActivityInboundCallsInterceptor, ActivityExecuteInput, Next } from
 import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import { ApprovalRejectedError, WorkflowQueryFailedError } from '../client/client';
-import { createRedactor } from '../activities/secrets';
-import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId, type ApprovalView } from '../schemas';
+import { createRedactor } from '../infra/secrets';
+import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId, type ApprovalView } from '../validation';
 import { createLogger } from '../workers/logger';
 import { createTestStack, freePort, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
@@ -18,7 +18,7 @@ let everything: ChildProcess;
 let everythingPort: number;
 
 const MODULES = path.join(__dirname, '..', 'node_modules', '@modelcontextprotocol');
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 const who = { actor: 'test' };
 
 /** Undo of fs.write_file: read the old text first; restore it, or move a created file aside (the server has no delete). */

@@ -4,13 +4,13 @@ import type { AddressInfo } from 'node:net';
 import { Client } from '@temporalio/client';
 import { Worker, type WorkerOptions } from '@temporalio/worker';
 import pino from 'pino';
-import { createModelClient } from '../activities/model';
-import { createRedactor } from '../activities/secrets';
+import { createModelClient } from '../infra/models/model';
+import { createRedactor } from '../infra/secrets';
 import { ToolCatalog } from '../activities/tools';
 import { createMareWorker } from '../workers/worker';
 import { MareClient } from '../client/client';
-import { TASK_QUEUE, taskWorkflowId } from '../schemas';
-import { ToolsConfig } from '../schemas/toolConfig';
+import { TASK_QUEUE, taskWorkflowId } from '../validation';
+import { ToolsConfig } from '../validation/toolConfig';
 import {
   DEFAULT_SERVICE_NAME,
   TRACING_WORKFLOW_INTERCEPTOR_MODULE,
@@ -18,7 +18,7 @@ import {
   TracingConfigError,
   tracingFromEnv,
   type Tracing,
-} from '../workers/tracing';
+} from '../infra/tracing';
 import { createTestStack, planReply, type ScriptInput, type TestStack } from './helpers';
 import { BUNDLE_PATH } from './paths';
 

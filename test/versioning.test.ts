@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { createModelClient } from '../activities/model';
-import { TASK_QUEUES, taskWorkflowId, subtaskWorkflowId, type QueueKind } from '../schemas';
+import { createModelClient } from '../infra/models/model';
+import { TASK_QUEUES, taskWorkflowId, subtaskWorkflowId, type QueueKind } from '../validation';
 import { createMareWorker, type MareWorker } from '../workers/worker';
 import { deploymentFromEnv, DeploymentConfigError, setCurrentVersion } from '../workers/versioning';
 import { queueTuningVar, workerTuningFromEnv } from '../workers/tuning';

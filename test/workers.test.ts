@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { taskWorkflowId, type TaskResult } from '../schemas';
+import { taskWorkflowId, type TaskResult } from '../validation';
 import { createTestStack, historyOf, planReply, type ScriptInput, type TestStack } from './helpers';
 
 // These tests run the real `mare worker` command from dist/ (npm test builds it first).
-const CLI = path.join(__dirname, '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', 'dist', 'cli', 'mare.js');
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;
 
 let stack: TestStack;

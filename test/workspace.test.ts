@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pino from 'pino';
-import { createModelClient } from '../activities/model';
+import { createModelClient } from '../infra/models/model';
 import { createWorkspaceActivities, resolveInWorkspace, WorkspacePathError } from '../activities/workspace';
 import { createToolActivities } from '../activities/tools';
 import { builtinToolDeps, createTestDatabase, type TestDatabase } from './helpers';

@@ -1,6 +1,6 @@
 import pino, { type DestinationStream, type LogFn, type Logger } from 'pino';
 import pretty from 'pino-pretty';
-import { createRedactor, type Redactor } from '../activities/secrets';
+import { createRedactor, type Redactor } from '../infra/secrets';
 import { loadToolsConfig } from '../activities/tools';
 import { logContext } from './logContext';
 

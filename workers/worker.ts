@@ -6,26 +6,26 @@ import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Logger } from 'pino';
 import { Pool } from 'pg';
 import { createActivities, type ActivityDeps } from '../activities';
-import { AtRest } from '../activities/atRest';
+import { AtRest } from '../infra/crypto/atRest';
 import { createMcpToolActivities } from '../activities/tools';
-import { createModelClient, modelConfigFromEnv } from '../activities/model';
+import { createModelClient, modelConfigFromEnv } from '../infra/models/model';
 import { openPolicyService, type PolicyService } from '../activities/policy';
 import { keyringFromEnv, openRoleService } from '../activities/roles';
-import { createRedactor, type Redactor } from '../activities/secrets';
+import { createRedactor, type Redactor } from '../infra/secrets';
 import { loadToolsConfig, ToolCatalog } from '../activities/tools';
-import type { ToolsConfig } from '../schemas/toolConfig';
-import { migrate } from '../db/migrate';
-import { QUEUE_KINDS, TASK_QUEUES, type QueueKind } from '../schemas';
-import { dataDir } from '../scripts/stack/datadir';
+import type { ToolsConfig } from '../validation/toolConfig';
+import { migrate } from '../infra/db/migrate';
+import { QUEUE_KINDS, TASK_QUEUES, type QueueKind } from '../validation';
+import { dataDir } from '../infra/paths';
 import { parseBind, startHealthServer } from './health';
 import { LogContextInterceptor } from './logContext';
 import { workerTuningFromEnv, type WorkerTuning } from './tuning';
 import { deploymentFromEnv, deploymentOptions } from './versioning';
-import { TRACING_WORKFLOW_INTERCEPTOR_MODULE, tracingFromEnv } from './tracing';
-import { approverPublicKeys } from './approvalSigning';
-import { FAILURE_CONVERTER_PATH, mareDataConverter, payloadKeyringFromEnv } from './payloadCodec';
+import { TRACING_WORKFLOW_INTERCEPTOR_MODULE, tracingFromEnv } from '../infra/tracing';
+import { approverPublicKeys } from '../infra/crypto/approvalSigning';
+import { FAILURE_CONVERTER_PATH, mareDataConverter, payloadKeyringFromEnv } from '../infra/crypto/payloadCodec';
 import { NondeterminismMonitor, runLookupVia } from './workflowTaskFailures';
-import type { Keyring } from '../activities/keyring';
+import type { Keyring } from '../infra/crypto/keyring';
 
 /** Knobs a deployment may set; everything else comes from the environment. */
 export interface MareWorkerOptions {

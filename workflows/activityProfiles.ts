@@ -1,7 +1,7 @@
 import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityOptions, type RetryPolicy } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
-import { oneLine, TASK_QUEUES } from '../schemas/constants';
-import type { ToolCallContext, ToolInfo, ToolResult } from '../schemas/tools';
+import { oneLine, TASK_QUEUES } from '../core/constants';
+import type { ToolCallContext, ToolInfo, ToolResult } from '../validation/tools';
 
 type Activities = ReturnType<typeof createActivities>;
 type ActivityProxy = ReturnType<typeof proxyActivities<Activities>>;

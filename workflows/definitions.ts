@@ -1,6 +1,6 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { ApprovalDecision, ApprovalView, PendingApprovalNote, SubtaskProgress, TaskProgress, TaskResult } from '../schemas';
-import type { OutcomeReport, SupervisorState } from '../schemas/supervisor';
+import type { ApprovalDecision, ApprovalView, PendingApprovalNote, SubtaskProgress, TaskProgress, TaskResult } from '../validation';
+import type { OutcomeReport, SupervisorState } from '../core/supervisor';
 
 /** The plan and each subtask's state, role, attempts and latest step. */
 export const progressQuery = defineQuery<TaskProgress>('progress');

@@ -9,10 +9,10 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { hasBlobRefs } from '../schemas/blobRef';
-import { MAX_VERIFY_ATTEMPTS, SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../schemas/constants';
-import { toolCallTarget } from '../schemas/describe';
-import { addUsage, ZERO_USAGE } from '../schemas/usage';
+import { hasBlobRefs } from '../core/blobRef';
+import { MAX_VERIFY_ATTEMPTS, SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../core/constants';
+import { toolCallTarget } from '../core/describe';
+import { addUsage, ZERO_USAGE } from '../core/usage';
 import type {
   ChatMessage,
   LoadedPolicy,
@@ -28,14 +28,14 @@ import type {
   ToolCatalogView,
   ToolResult,
   TokenUsage,
-} from '../schemas';
+} from '../validation';
 import { bookkeeping as store, modelsWith, toolCallActivity } from './activityProfiles';
 import { acquireSlotSignal, releaseSlotSignal, slotGrantedSignal, subtaskProgressQuery } from './definitions';
 import { ApprovalDesk } from './approvals';
-import { errorMessage, failureType } from './errors';
-import { buildAgentContext } from './inject';
-import { checkToolCall, toolGrants } from './permissions';
-import { evaluatePolicies } from './policy';
+import { errorMessage, failureType } from '../core/errors';
+import { buildAgentContext } from '../core/inject';
+import { checkToolCall, toolGrants } from '../core/permissions';
+import { evaluatePolicies } from '../core/policy';
 import { workflowVersions } from './versions';
 
 /**

@@ -12,13 +12,13 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { CompensationOutcome, PendingApprovalNote, Plan, Subtask, SubtaskResult, TaskProgress, TaskRequest, TaskResult, UndoStep } from '../schemas';
-import { oneLine, SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../schemas/constants';
-import { attemptOfCallKey, toolCallTarget } from '../schemas/describe';
-import { addUsage, ZERO_USAGE } from '../schemas/usage';
+import type { CompensationOutcome, PendingApprovalNote, Plan, Subtask, SubtaskResult, TaskProgress, TaskRequest, TaskResult, UndoStep } from '../validation';
+import { oneLine, SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../core/constants';
+import { attemptOfCallKey, toolCallTarget } from '../core/describe';
+import { addUsage, ZERO_USAGE } from '../core/usage';
 import { bookkeeping as store, compensations, modelsWith } from './activityProfiles';
 import { progressQuery, subtaskApprovalsSignal, taskResultQuery } from './definitions';
-import { errorMessage, failureType } from './errors';
+import { errorMessage, failureType } from '../core/errors';
 import { executeSubtask } from './executeSubtask';
 import { workflowVersions } from './versions';
 

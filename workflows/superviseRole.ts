@@ -9,8 +9,8 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { createActivities } from '../activities';
-import { DEFAULT_TENANT, oneLine, SEARCH_ATTRIBUTES } from '../schemas/constants';
-import { decide, SUPERVISOR_DEFAULTS, type EnforcementDecision, type OutcomeReport, type SupervisorSettings, type SupervisorState } from '../schemas/supervisor';
+import { DEFAULT_TENANT, oneLine, SEARCH_ATTRIBUTES } from '../core/constants';
+import { decide, SUPERVISOR_DEFAULTS, type EnforcementDecision, type OutcomeReport, type SupervisorSettings, type SupervisorState } from '../core/supervisor';
 import {
   acquireSlotSignal,
   embodimentOutcomeSignal,

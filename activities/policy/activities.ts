@@ -1,8 +1,8 @@
-import type { RoleProfile, ToolCall } from '../../schemas';
-import type { LoadedPolicy, PolicyDecision, PolicyInput } from '../../schemas/policy';
-import { checkToolCall, type Permission } from '../../workflows/permissions';
-import { evaluatePolicies } from '../../workflows/policy';
-import { atRestOf } from '../atRest';
+import type { RoleProfile, ToolCall } from '../../validation';
+import type { LoadedPolicy, PolicyDecision, PolicyInput } from '../../validation/policy';
+import { checkToolCall, type Permission } from '../../core/permissions';
+import { evaluatePolicies } from '../../core/policy';
+import { atRestOf } from '../../infra/crypto/atRest';
 import { expandArgs } from '../blobRefs';
 import type { ActivityDeps } from '../deps';
 

@@ -1,8 +1,8 @@
 import { ApplicationFailure } from '@temporalio/common';
-import type { ModelRequest, PolicyInput } from '../../schemas';
-import { evaluatePolicies } from '../../workflows/policy';
+import type { ModelRequest, PolicyInput } from '../../validation';
+import { evaluatePolicies } from '../../core/policy';
 import type { ActivityDeps } from '../deps';
-import { detectSensitivity } from '../secrets';
+import { detectSensitivity } from '../../infra/secrets';
 import { recordPolicyDecision } from '../store';
 
 /** The role name policies see for the model calls MARE makes itself. */

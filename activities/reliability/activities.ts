@@ -1,12 +1,12 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
-import { DEFAULT_TENANT, TASK_QUEUE, supervisorWorkflowId, TaskRequest, type TokenUsage } from '../../schemas';
-import type { EnforcementDecision, OutcomeReport } from '../../schemas/supervisor';
+import { DEFAULT_TENANT, TASK_QUEUE, supervisorWorkflowId, TaskRequest, type TokenUsage } from '../../validation';
+import type { EnforcementDecision, OutcomeReport } from '../../core/supervisor';
 import type { ActivityDeps } from '../deps';
-import { RoleNotFoundError, RoleRepositoryError } from '../roles/repository';
+import { RoleNotFoundError, RoleRepositoryError } from '../../infra/db/roleRepository';
 import { recordEnforcementMetric } from '../metrics';
 import { audit } from '../store';
-import { recordEmbodiment, recordEnforcement, setThrottle, type EmbodimentOutcome } from './store';
+import { recordEmbodiment, recordEnforcement, setThrottle, type EmbodimentOutcome } from '../../infra/db/reliabilityStore';
 
 /** One embodiment of a subtask, as the workflow reports it when the subtask ends. */
 export interface EmbodimentReport {

@@ -1,11 +1,11 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
-import { DEFAULT_ROLE, DEFAULT_TENANT, type LoadedRole } from '../../schemas';
+import { DEFAULT_ROLE, DEFAULT_TENANT, type LoadedRole } from '../../validation';
 import type { ActivityDeps } from '../deps';
 import { audit } from '../store';
-import { RoleIntegrityError, UnknownRoleKeyError } from './crypto';
+import { RoleIntegrityError, UnknownRoleKeyError } from '../../infra/crypto/roleCrypto';
 import { availability, routeSubtask } from './router';
-import { RoleRepositoryUnavailableError } from './service';
+import { RoleRepositoryUnavailableError } from '../../infra/roles/roleService';
 
 /** Input of loadRole: the planner's suggestion and the subtask title the router matches `handles` against. */
 export interface LoadRoleInput {

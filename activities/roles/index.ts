@@ -1,17 +1,17 @@
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
-import { bootstrapRoles } from './bootstrap';
-import { type RoleKeyring } from './crypto';
-import { roleCacheOptionsFromEnv, RoleService, type RoleServiceOptions } from './service';
+import { bootstrapRoles } from '../../infra/roles/bootstrap';
+import { type RoleKeyring } from '../../infra/crypto/roleCrypto';
+import { roleCacheOptionsFromEnv, RoleService, type RoleServiceOptions } from '../../infra/roles/roleService';
 
 export { createRoleActivities, type LoadRoleInput } from './activities';
-export { bootstrapRoles, bundledRolesDir } from './bootstrap';
-export * from './crypto';
-export * from './directory';
-export * from './repository';
+export { bootstrapRoles, bundledRolesDir } from '../../infra/roles/bootstrap';
+export * from '../../infra/crypto/roleCrypto';
+export * from '../../infra/roles/directory';
+export * from '../../infra/db/roleRepository';
 export * from './router';
-export * from './service';
-export * from './validate';
+export * from '../../infra/roles/roleService';
+export * from '../../validation/roleProfile';
 
 /**
  * The role service a worker uses: bundled defaults and first-release roles published, change

@@ -1,6 +1,6 @@
-import { DEFAULT_ROLE, type RoutedBy } from '../../schemas';
-import type { RoleCandidate } from './service';
-import { globMatches } from '../../schemas/patterns';
+import { DEFAULT_ROLE, type RoutedBy } from '../../validation';
+import type { RoleCandidate } from '../../infra/roles/roleService';
+import { globMatches } from '../../core/patterns';
 
 /** Why the planner's role cannot be used, if it cannot. */
 export type Unavailability = 'unknown' | 'deprecated' | 'suspended';

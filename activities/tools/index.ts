@@ -1,11 +1,11 @@
 import { ApplicationFailure } from '@temporalio/common';
-import type { ToolCatalogView, UndoStep } from '../../schemas';
+import type { ToolCatalogView, UndoStep } from '../../validation';
 import type { ActivityDeps } from '../deps';
 import { recordCompensationMetric } from '../metrics';
 import { undoWorkspaceWrite } from '../workspace';
 import { createMcpToolActivities, undoMcpCall } from './mcpTools';
 
-export { DEFAULT_TOOLS_CONFIG, loadToolsConfig, ToolCatalog, ToolsConfigError, type ToolDescriptor } from './catalog';
+export { DEFAULT_TOOLS_CONFIG, loadToolsConfig, ToolCatalog, ToolsConfigError, type ToolDescriptor } from '../../infra/tools/catalog';
 
 export { createMcpToolActivities };
 

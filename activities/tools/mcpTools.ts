@@ -1,15 +1,15 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
-import { storableText, textProblems, TOOL_OUTPUT_HISTORY_LIMIT, type ToolCallContext, type ToolResult, type UndoStep } from '../../schemas';
-import { atRestOf, type AtRest } from '../atRest';
+import { storableText, textProblems, TOOL_OUTPUT_HISTORY_LIMIT, type ToolCallContext, type ToolResult, type UndoStep } from '../../validation';
+import { atRestOf, type AtRest } from '../../infra/crypto/atRest';
 import { expandArgs } from '../blobRefs';
 import type { ActivityDeps } from '../deps';
 import { activityKey, sha256 } from '../idempotency';
-import { McpUnavailableError } from '../mcp/hub';
-import { detectSensitivity } from '../secrets';
+import { McpUnavailableError } from '../../infra/mcp/hub';
+import { detectSensitivity } from '../../infra/secrets';
 import { audit, putBlob, recordPolicyDecision } from '../store';
-import type { McpToolEntry } from './catalog';
+import type { McpToolEntry } from '../../infra/tools/catalog';
 
 const HEARTBEAT_EVERY_MS = 5_000;
 

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { createModelClient } from '../../activities/model';
+import { createModelClient } from '../../infra/models/model';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 import { eventMillis, taskWorkflowIds, withModelWorker, workflowTaskFailures } from './helpers';
 

@@ -5,9 +5,9 @@ import type { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import { temporal } from '@temporalio/proto';
 import pino from 'pino';
-import type { ModelClient } from '../../activities/model';
-import type { TaskResult } from '../../schemas';
-import { subtaskWorkflowId, taskWorkflowId } from '../../schemas';
+import type { ModelClient } from '../../infra/models/model';
+import type { TaskResult } from '../../validation';
+import { subtaskWorkflowId, taskWorkflowId } from '../../validation';
 import type { WorkerTuning } from '../../workers/tuning';
 import { createMareWorker, type MareWorker } from '../../workers/worker';
 import { builtinToolDeps, failureMessage, type TestStack } from '../helpers';
@@ -17,7 +17,7 @@ export type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
 const { TimeoutType } = temporal.api.enums.v1;
 
 /** The real `mare` command, built by `npm run test:faults` before jest starts. */
-export const CLI = path.join(__dirname, '..', '..', 'dist', 'client', 'cli.js');
+export const CLI = path.join(__dirname, '..', '..', 'dist', 'cli', 'mare.js');
 
 export function assertBuilt(): void {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first (npm run test:faults does)`);

@@ -1,8 +1,8 @@
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { createModelClient, modelConfigFromEnv } from '../../activities/model';
-import { subtaskWorkflowId, taskWorkflowId } from '../../schemas';
+import { createModelClient, modelConfigFromEnv } from '../../infra/models/model';
+import { subtaskWorkflowId, taskWorkflowId } from '../../validation';
 import { createTestStack, failureMessage, historyOf, type TestStack } from '../helpers';
 import { activityRuns, withModelWorker } from './helpers';
 

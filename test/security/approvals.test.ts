@@ -9,12 +9,12 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { Client, WorkflowUpdateFailedError } from '@temporalio/client';
-import { newKey, type Keyring } from '../../activities/keyring';
-import { createCodecServer } from '../../client/codecServer';
-import { subtaskWorkflowId, type ApprovalView } from '../../schemas';
-import { resolveTemporalCli } from '../../scripts/stack/temporal';
-import { signApproval } from '../../workers/approvalSigning';
-import { EncryptionCodec, mareDataConverter } from '../../workers/payloadCodec';
+import { newKey, type Keyring } from '../../infra/crypto/keyring';
+import { createCodecServer } from '../../servers/codecServer';
+import { subtaskWorkflowId, type ApprovalView } from '../../validation';
+import { resolveTemporalCli } from '../../dev/temporal';
+import { signApproval } from '../../infra/crypto/approvalSigning';
+import { EncryptionCodec, mareDataConverter } from '../../infra/crypto/payloadCodec';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 const keyringOf = (k: { id: string; key: Buffer }): Keyring => ({ activeKeyId: k.id, keys: new Map([[k.id, k.key]]), origin: 'test' });

@@ -10,14 +10,14 @@ import path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pino from 'pino';
 import { RE2JS } from 're2js';
-import { commandAllowed } from '../../activities/commandAllowlist';
-import { createModelClient } from '../../activities/model';
-import { runSandboxed, SandboxUnavailable } from '../../activities/sandbox';
-import { createRedactor, REDACTED } from '../../activities/secrets';
-import { ToolCatalog } from '../../activities/tools/catalog';
+import { commandAllowed } from '../../infra/commandAllowlist';
+import { createModelClient } from '../../infra/models/model';
+import { runSandboxed, SandboxUnavailable } from '../../infra/sandbox';
+import { createRedactor, REDACTED } from '../../infra/secrets';
+import { ToolCatalog } from '../../infra/tools/catalog';
 import { createVerifyActivities, type VerifyInput } from '../../activities/verify';
-import type { Criterion, Verdict } from '../../schemas';
-import { ToolsConfig } from '../../schemas/toolConfig';
+import type { Criterion, Verdict } from '../../validation';
+import { ToolsConfig } from '../../validation/toolConfig';
 import { createTestDatabase, type TestDatabase } from '../helpers';
 
 // Secrets of this (worker) process: the sandbox must not see them, the evidence must not show them.

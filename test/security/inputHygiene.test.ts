@@ -6,13 +6,13 @@ import path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import pino from 'pino';
-import { createModelClient } from '../../activities/model';
-import { RoleValidationError } from '../../activities/roles/validate';
+import { createModelClient } from '../../infra/models/model';
+import { RoleValidationError } from '../../validation/roleProfile';
 import { createWorkspaceActivities } from '../../activities/workspace';
-import { closeApiServer, createApiServer } from '../../client/api';
+import { closeApiServer, createApiServer } from '../../servers/api';
 import { InvalidTaskRequestError } from '../../client/client';
-import { createCodecServer } from '../../client/codecServer';
-import { subtaskWorkflowId, TASK_QUEUE, taskWorkflowId, textProblem, type TaskRequest, type ToolResult } from '../../schemas';
+import { createCodecServer } from '../../servers/codecServer';
+import { subtaskWorkflowId, TASK_QUEUE, taskWorkflowId, textProblem, type TaskRequest, type ToolResult } from '../../validation';
 import { builtinToolDeps, createTestDatabase, createTestStack, historyOf, planReply, toolCall, type TestDatabase, type TestStack } from '../helpers';
 
 /** §7 of the threat model: input that PostgreSQL, UTF-8, the stack or the network path cannot take is refused at the boundary. */

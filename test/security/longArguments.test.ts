@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { subtaskWorkflowId, TOOL_OUTPUT_HISTORY_LIMIT, type ApprovalView } from '../../schemas';
+import { subtaskWorkflowId, TOOL_OUTPUT_HISTORY_LIMIT, type ApprovalView } from '../../validation';
 import { allPayloadText, createTestStack, historyOf, localActivities, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 let stack: TestStack;

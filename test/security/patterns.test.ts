@@ -11,15 +11,15 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import fc from 'fast-check';
 import picomatch from 'picomatch';
 import pino from 'pino';
-import { createModelClient } from '../../activities/model';
+import { createModelClient } from '../../infra/models/model';
 import { policyChecksum } from '../../activities/policy';
 import { routeSubtask } from '../../activities/roles/router';
 import { createVerifyActivities } from '../../activities/verify';
-import { Criterion, RoleProfile, TaskRequest, type Criterion as CriterionT, type Verdict } from '../../schemas';
-import { globMatches, patternFound } from '../../schemas/patterns';
-import { PolicyDocument, type LoadedPolicy, type PolicyInput } from '../../schemas/policy';
-import { checkToolCall } from '../../workflows/permissions';
-import { evaluatePolicies } from '../../workflows/policy';
+import { Criterion, RoleProfile, TaskRequest, type Criterion as CriterionT, type Verdict } from '../../validation';
+import { globMatches, patternFound } from '../../core/patterns';
+import { PolicyDocument, type LoadedPolicy, type PolicyInput } from '../../validation/policy';
+import { checkToolCall } from '../../core/permissions';
+import { evaluatePolicies } from '../../core/policy';
 import { builtinToolDeps, createTestDatabase, type TestDatabase } from '../helpers';
 
 /** Patterns that take exponential or high-polynomial time on a backtracking engine. */

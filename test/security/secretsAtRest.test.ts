@@ -2,11 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { AtRest, SEALED_PREFIX } from '../../activities/atRest';
-import { newKey, type Keyring } from '../../activities/keyring';
-import { createRedactor } from '../../activities/secrets';
+import { AtRest, SEALED_PREFIX } from '../../infra/crypto/atRest';
+import { newKey, type Keyring } from '../../infra/crypto/keyring';
+import { createRedactor } from '../../infra/secrets';
 import { createLogger, processRedactor } from '../../workers/logger';
-import { taskWorkflowId } from '../../schemas';
+import { taskWorkflowId } from '../../validation';
 import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 // §6 of issue 15: a canary secret planted in the goal, a workspace file, the environment, a role

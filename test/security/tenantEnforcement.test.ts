@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { subtaskWorkflowId, supervisorWorkflowId, TASK_QUEUE } from '../../schemas';
-import type { SupervisorState } from '../../schemas/supervisor';
+import { subtaskWorkflowId, supervisorWorkflowId, TASK_QUEUE } from '../../validation';
+import type { SupervisorState } from '../../core/supervisor';
 import { supervisorStateQuery } from '../../workflows/definitions';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
@@ -11,7 +11,7 @@ import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type
  * operator's global suspension stops both.
  */
 let stack: TestStack;
-const CLI = path.join(__dirname, '..', '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', '..', 'dist', 'cli', 'mare.js');
 const ROLE = 'shared';
 /** Decisions after 3 outcomes; a cool-down that never ends during the test. */
 const SETTINGS = { minSamples: 3, coolDownSeconds: 3600 };

@@ -5,12 +5,12 @@ import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { userInfo } from 'node:os';
 import path from 'node:path';
-import { closeApiServer, createApiServer } from '../../client/api';
-import { ApiKeyStore, type ApiScope } from '../../client/apiKeys';
-import { approverIdentity } from '../../client/approvalsCommand';
+import { closeApiServer, createApiServer } from '../../servers/api';
+import { ApiKeyStore, type ApiScope } from '../../infra/db/apiKeys';
+import { approverIdentity } from '../../cli/approvalsCommand';
 import type { TaskView } from '../../client/client';
 import { WorkflowNotFoundError } from '@temporalio/client';
-import { SEARCH_ATTRIBUTES, taskWorkflowId, type ApprovalView } from '../../schemas';
+import { SEARCH_ATTRIBUTES, taskWorkflowId, type ApprovalView } from '../../validation';
 import { createTestStack, freePort, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 /**
@@ -19,7 +19,7 @@ import { createTestStack, freePort, planReply, toolCall, type ScriptInput, type 
  * criteria without the `commands` scope. Probes against the real API, Temporal and PostgreSQL.
  */
 
-const CLI = path.join(__dirname, '..', '..', 'dist', 'client', 'cli.js');
+const CLI = path.join(__dirname, '..', '..', 'dist', 'cli', 'mare.js');
 
 let stack: TestStack;
 let server: http.Server;
