@@ -1,17 +1,8 @@
 import { z } from 'zod';
 import type { TokenUsage } from './model';
 import { PatternField } from './patternFields';
+import { WorkspacePath } from './workspacePath';
 
-export { describeCriterion } from '../core/describe';
-
-/** A workspace-relative path: no absolute paths, no `..` segments (checked again on disk by the tools). */
-export const WorkspacePath = z
-  .string()
-  .min(1)
-  .max(512)
-  .refine((p) => !p.startsWith('/') && !p.split(/[\\/]/).includes('..'), {
-    message: 'must be a relative path inside the task workspace (no leading "/" and no "..")',
-  });
 
 /** One acceptance criterion: deterministic checks where possible, a model-judged rubric otherwise. */
 export const Criterion = z.discriminatedUnion('kind', [

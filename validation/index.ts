@@ -1,4 +1,5 @@
 export * from './criteria';
+export * from './workspacePath';
 export * from './plan';
 export * from './role';
 export * from './tools';

@@ -45,7 +45,6 @@ export interface ModelRequest {
 export const TokenUsage = z.object({ inputTokens: z.number().int().min(0), outputTokens: z.number().int().min(0) });
 export type TokenUsage = z.infer<typeof TokenUsage>;
 
-export { addUsage, ZERO_USAGE } from '../core/usage';
 
 export type ModelResponse = {
   model: string;

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { WorkspacePath } from './criteria';
+import { WorkspacePath } from './workspacePath';
 import type { PolicyDecision, Sensitivity } from './policy';
 
 /** A tool call requested by a model. `id` is unique within one subtask run. */
