@@ -123,7 +123,7 @@ export function describeStuckRuns(runs: StuckRun[], all: boolean): string[] {
     lines.push(`  ${r.failureType ? `${r.failureType}: ` : ''}${r.message.split('\n')[0]}`);
   });
   if (runs.some((r) => r.cause === 'NON_DETERMINISTIC_ERROR')) {
-    lines.push('', 'NON_DETERMINISTIC_ERROR: the workflow code changed under a running run; deploy the old code again, or guard the change with patched() (README, Versioning), or reset/terminate the run.');
+    lines.push('', 'NON_DETERMINISTIC_ERROR: the workflow code changed under a running run; deploy the old code again, or take a version decision for the change at the start of a run (workflows/versions.ts, docs/changing-workflow-code.md), or reset/terminate the run.');
   }
   return lines;
 }

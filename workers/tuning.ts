@@ -2,8 +2,8 @@ import { z } from 'zod';
 
 /**
  * Worker tuning: the knobs `npm run bench` measured, read from the environment. Every field is
- * optional; an unset one keeps MARE's default (see DEFAULT_TUNING), which is what the README's
- * performance section was measured with.
+ * optional; an unset one keeps MARE's default (see DEFAULT_TUNING), which is what the
+ * performance page (docs/operations/performance.md) was measured with.
  */
 export const WorkerTuning = z.strictObject({
   /** Workflows kept in the sticky cache; size it to the number of open workflows (tasks + running subtasks). */
