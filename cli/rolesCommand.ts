@@ -88,6 +88,9 @@ function metadata(r: StoredRole): Record<string, unknown> {
   };
 }
 
+/** The `--by` option every changing subcommand takes. */
+const BY_OPTION = ['--by <actor>', 'who makes the change, for the audit trail (default: $MARE_ACTOR or your user name)'] as const;
+
 /** `mare roles …`: the role repository from the command line. */
 export function registerRoleCommands(program: Command, action: Action, print: Print): void {
   const roles = program
@@ -95,8 +98,15 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .description(
       'manage role profiles in the repository on DATABASE_URL; profiles are encrypted with MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE (default: the key file `mare dev` generates in .mare/)',
     );
-  const by = ['--by <actor>', 'who makes the change, for the audit trail (default: $MARE_ACTOR or your user name)'] as const;
+  // Registration order is the order `mare roles --help` lists the subcommands in.
+  registerBrowseCommands(roles, action, print);
+  registerVersionCommands(roles, action, print);
+  registerSuspensionCommands(roles, action, print);
+  registerRepositoryCommands(roles, action, print);
+}
 
+/** `mare roles list` and `mare roles show`. */
+function registerBrowseCommands(roles: Command, action: Action, print: Print): void {
   roles
     .command('list')
     .description('list roles (latest versions unless --all-versions)')
@@ -136,12 +146,15 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
         print(JSON.stringify(profile, null, 2));
       }),
     );
+}
 
+/** `mare roles publish`, `diff`, `deprecate` and `rollback`: the versions of a role. */
+function registerVersionCommands(roles: Command, action: Action, print: Print): void {
   roles
     .command('publish')
     .description('validate and publish a profile.json; a published name@version never changes')
     .argument('<file>', 'the profile, as JSON')
-    .option(...by)
+    .option(...BY_OPTION)
     .option('--reason <text>', 'why, for the audit trail')
     .action(
       action(async (file: string, opts: { by?: string; reason?: string }) => {
@@ -176,7 +189,7 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .description('deprecate a version: ranges skip it and the router falls back to another role')
     .argument('<role>', 'name@version')
     .requiredOption('--reason <text>', 'why, for the audit trail')
-    .option(...by)
+    .option(...BY_OPTION)
     .action(
       action(async (ref: string, opts: { by?: string; reason: string }) => {
         const { name, spec } = splitRoleRef(ref);
@@ -191,21 +204,24 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .description('move latest back to the previous (non-deprecated) version; running embodiments keep theirs')
     .argument('<name>')
     .requiredOption('--reason <text>', 'why, for the audit trail')
-    .option(...by)
+    .option(...BY_OPTION)
     .action(
       action(async (name: string, opts: { by?: string; reason: string }) => {
         const { from, to } = await withRepository((repo) => repo.rollback(name, actor(opts)));
         print(`${name}: latest is now ${to} (was ${from})`);
       }),
     );
+}
 
+/** `mare roles suspend` and `mare roles reinstate`. */
+function registerSuspensionCommands(roles: Command, action: Action, print: Print): void {
   roles
     .command('suspend')
     .description('suspend a role: the router sends its subtasks to another role until it is reinstated; for every tenant, or with --tenant for one')
     .argument('<name>')
     .requiredOption('--reason <text>', 'why, for the audit trail')
     .option('--tenant <tenant>', "only this tenant's subtasks (the other tenants keep the role)")
-    .option(...by)
+    .option(...BY_OPTION)
     .action(
       action(async (name: string, opts: { by?: string; reason: string; tenant?: string }) => {
         const tenant = tenantOption(opts.tenant);
@@ -222,32 +238,36 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .argument('<name>')
     .requiredOption('--reason <text>', 'why, for the audit trail')
     .option('--tenant <tenant>', "lift this tenant's suspension (set by its supervisor or an operator), not the global one")
-    .option(...by)
-    .action(
-      action(async (name: string, opts: { by?: string; reason: string; tenant?: string }) => {
-        const tenant = tenantOption(opts.tenant);
-        const who = actor(opts);
-        const remaining = await withRepository(async (repo) => {
-          try {
-            await repo.reinstate(name, who, tenant);
-          } catch (err) {
-            if (!(err instanceof RoleRepositoryError)) throw err;
-            if (tenant !== undefined) {
-              // Lifted already (the supervisor's cool-down or another person won the race): say so, and bring a lagging supervisor along.
-              throw new RoleRepositoryError(`${name} is not suspended for tenant ${tenant}${await catchUpSupervisor(name, tenant, who)}`);
-            }
-            const suspendedFor = (await repo.tenantEnforcement(name)).filter((t) => t.suspended).map((t) => t.tenant);
-            throw new RoleRepositoryError(`${name} is not suspended${suspendedFor.length ? ` for every tenant; it is suspended for tenant(s) ${suspendedFor.join(', ')} (use --tenant)` : ''}`);
-          }
-          return repo.tenantEnforcement(name);
-        });
-        print(`reinstated ${name}${tenant === undefined ? '' : ` for tenant ${tenant}`}`);
-        tenantLines(remaining).forEach((l) => print(`still in force: ${l}`));
-        // A global suspension is an operator's: no supervisor set it, so none is told.
-        if (tenant !== undefined) await tellSupervisor(name, tenant, who);
-      }),
-    );
+    .option(...BY_OPTION)
+    .action(action((name: string, opts: { by?: string; reason: string; tenant?: string }) => reinstateRole(name, opts, print)));
+}
 
+/** `mare roles reinstate`: lifts the suspension, prints what is still in force, and tells a tenant's supervisor. */
+async function reinstateRole(name: string, opts: { by?: string; reason: string; tenant?: string }, print: Print): Promise<void> {
+  const tenant = tenantOption(opts.tenant);
+  const who = actor(opts);
+  const remaining = await withRepository(async (repo) => {
+    try {
+      await repo.reinstate(name, who, tenant);
+    } catch (err) {
+      if (!(err instanceof RoleRepositoryError)) throw err;
+      if (tenant !== undefined) {
+        // Lifted already (the supervisor's cool-down or another person won the race): say so, and bring a lagging supervisor along.
+        throw new RoleRepositoryError(`${name} is not suspended for tenant ${tenant}${await catchUpSupervisor(name, tenant, who)}`);
+      }
+      const suspendedFor = (await repo.tenantEnforcement(name)).filter((t) => t.suspended).map((t) => t.tenant);
+      throw new RoleRepositoryError(`${name} is not suspended${suspendedFor.length ? ` for every tenant; it is suspended for tenant(s) ${suspendedFor.join(', ')} (use --tenant)` : ''}`);
+    }
+    return repo.tenantEnforcement(name);
+  });
+  print(`reinstated ${name}${tenant === undefined ? '' : ` for tenant ${tenant}`}`);
+  tenantLines(remaining).forEach((l) => print(`still in force: ${l}`));
+  // A global suspension is an operator's: no supervisor set it, so none is told.
+  if (tenant !== undefined) await tellSupervisor(name, tenant, who);
+}
+
+/** `mare roles history`, `import`, `export` and `rotate-key`: the repository as a whole. */
+function registerRepositoryCommands(roles: Command, action: Action, print: Print): void {
   roles
     .command('history')
     .description("a role's audit trail (or the whole repository's): who changed what, when and why")
@@ -267,7 +287,7 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .command('import')
     .description('publish every version in a directory of the layout reps/{name}/{version}/profile.json + metadata.json + reps/index.json (all or nothing)')
     .argument('<dir>')
-    .option(...by)
+    .option(...BY_OPTION)
     .option('--reason <text>', 'why, for the audit trail')
     .option('--json', 'print the report as JSON')
     .action(
@@ -294,24 +314,25 @@ export function registerRoleCommands(program: Command, action: Action, print: Pr
     .description(
       're-encrypt every profile under the active key. With a key file (MARE_ROLE_KEY_FILE or the default), a new key is generated into it first and made active; old keys stay so old rows still decrypt. With MARE_ROLE_KEYS, list the new key there and name it in MARE_ROLE_ACTIVE_KEY.',
     )
-    .option(...by)
+    .option(...BY_OPTION)
     .option('--reason <text>', 'why, for the audit trail', 'key rotation')
-    .action(
-      action(async (opts: { by?: string; reason: string }) => {
-        const { rotated, keyId } = await withRepository(async (repo, pool) => {
-          if (process.env.MARE_ROLE_KEYS?.trim()) return repo.rotate(actor(opts));
-          // Only once the database is reachable: a new key is saved, then used.
-          const file = process.env.MARE_ROLE_KEY_FILE?.trim() || defaultKeyFile(dataDir());
-          const current = readKeyFile(file);
-          const { id, key } = newKey();
-          const keyring: RoleKeyring = { activeKeyId: id, keys: new Map([...current.keys, [id, key]]), origin: current.origin };
-          writeKeyFile(file, keyring);
-          print(`generated key ${id} into ${file}`);
-          return new RoleRepository(pool, keyring).rotate(actor(opts));
-        });
-        print(`re-encrypted ${rotated} role versions under key ${keyId}`);
-      }),
-    );
+    .action(action((opts: { by?: string; reason: string }) => rotateKey(opts, print)));
+}
+
+/** `mare roles rotate-key`: re-encrypts every profile, under a newly generated key when the keys live in a key file. */
+async function rotateKey(opts: { by?: string; reason: string }, print: Print): Promise<void> {
+  const { rotated, keyId } = await withRepository(async (repo, pool) => {
+    if (process.env.MARE_ROLE_KEYS?.trim()) return repo.rotate(actor(opts));
+    // Only once the database is reachable: a new key is saved, then used.
+    const file = process.env.MARE_ROLE_KEY_FILE?.trim() || defaultKeyFile(dataDir());
+    const current = readKeyFile(file);
+    const { id, key } = newKey();
+    const keyring: RoleKeyring = { activeKeyId: id, keys: new Map([...current.keys, [id, key]]), origin: current.origin };
+    writeKeyFile(file, keyring);
+    print(`generated key ${id} into ${file}`);
+    return new RoleRepository(pool, keyring).rotate(actor(opts));
+  });
+  print(`re-encrypted ${rotated} role versions under key ${keyId}`);
 }
 
 /** How long the reinstate command waits for Temporal before it gives up on the supervisor. */

@@ -85,6 +85,22 @@ interface Route {
 /** Event streams open on each server, so that `closeApiServer` can end them. */
 const openStreams = new WeakMap<http.Server, Set<ServerResponse>>();
 
+/** What the routes of one server share: its options, resolved, and its open event streams. */
+interface ApiContext {
+  client: MareClient;
+  logger: Logger;
+  watchIntervalMs: number;
+  healthTimeoutMs: number;
+  maxBodyBytes: number;
+  maxStreamsPerKey: number;
+  /** Event streams open on this server. */
+  streams: Set<ServerResponse>;
+  /** Open event streams per API key. */
+  streamsPerKey: Map<string, number>;
+  /** The OpenAPI document, serialized once. */
+  openApi: string;
+}
+
 /**
  * The MARE HTTP API over `client`, on plain `node:http` with zod-validated bodies: tasks, their
  * progress as server-sent events, approvals, health and an OpenAPI 3.1 document. Not yet listening.
@@ -92,18 +108,56 @@ const openStreams = new WeakMap<http.Server, Set<ServerResponse>>();
 export function createApiServer(opts: ApiServerOptions): http.Server {
   if (opts.apiKey !== undefined && opts.apiKey.length < MIN_API_KEY_LENGTH) throw new Error(`the API key must be at least ${MIN_API_KEY_LENGTH} characters`);
   if (opts.apiKey === undefined && !opts.keys) throw new Error('the API needs keys: a key store (`keys`), a bootstrap key (`apiKey`), or both');
-  const { client } = opts;
-  const logger = opts.logger ?? pino({ level: 'silent' });
-  const watchIntervalMs = opts.watchIntervalMs ?? 500;
-  const healthTimeoutMs = opts.healthTimeoutMs ?? 2_000;
-  const maxBodyBytes = opts.maxBodyBytes ?? MAX_BODY_BYTES;
+  const api: ApiContext = {
+    client: opts.client,
+    logger: opts.logger ?? pino({ level: 'silent' }),
+    watchIntervalMs: opts.watchIntervalMs ?? 500,
+    healthTimeoutMs: opts.healthTimeoutMs ?? 2_000,
+    maxBodyBytes: opts.maxBodyBytes ?? MAX_BODY_BYTES,
+    maxStreamsPerKey: opts.maxStreamsPerKey ?? MAX_STREAMS_PER_KEY,
+    streams: new Set<ServerResponse>(),
+    streamsPerKey: new Map<string, number>(),
+    openApi: JSON.stringify(openApiDocument()),
+  };
   const authenticate = createAuthenticator({ bootstrapKey: opts.apiKey, keys: opts.keys });
-  const streams = new Set<ServerResponse>();
-  const streamsPerKey = new Map<string, number>();
-  const maxStreamsPerKey = opts.maxStreamsPerKey ?? MAX_STREAMS_PER_KEY;
-  const openApi = JSON.stringify(openApiDocument());
+  // Matched in this order.
+  const routes: Route[] = [...serviceRoutes(api), ...taskRoutes(api), ...approvalRoutes(api)];
+  const server = http.createServer({ requestTimeout: 60_000 }, (req, res) => handleRequest(api, routes, authenticate, req, res));
+  openStreams.set(server, api.streams);
+  return server;
+}
 
-  const routes: Route[] = [
+/** Logs the request once it is over, then answers it by its route, or with the error's status and body. */
+function handleRequest(api: ApiContext, routes: Route[], authenticate: ReturnType<typeof createAuthenticator>, req: IncomingMessage, res: ServerResponse): void {
+  const { logger } = api;
+  const started = process.hrtime.bigint();
+  const requestId = randomUUID();
+  res.setHeader('x-request-id', requestId);
+  const url = new URL(req.url ?? '/', 'http://localhost');
+  res.once('close', () => {
+    const durationMs = Number((process.hrtime.bigint() - started) / 1_000_000n);
+    logger.info({ method: req.method, path: url.pathname, status: res.statusCode, durationMs, requestId, aborted: !res.writableFinished || undefined }, 'request');
+  });
+  void (async () => {
+    try {
+      const { route, params } = match(routes, req.method ?? 'GET', url.pathname);
+      const principal = route.scope === null ? ANONYMOUS : await authenticate(req.headers.authorization);
+      if (route.scope !== null) requireScope(principal, route.scope, route.does ?? route.path);
+      await route.handle({ req, res, params, query: url.searchParams, requestId, principal });
+    } catch (err) {
+      const { status, body, headers } = answerFor(err, requestId, logger, req);
+      if (res.headersSent) {
+        if (!res.writableEnded) res.end();
+        return;
+      }
+      sendJson(res, status, body, headers);
+    }
+  })();
+}
+
+/** `/v1/health` and `/v1/openapi.json`: no key needed. */
+function serviceRoutes({ client, logger, healthTimeoutMs, openApi }: ApiContext): Route[] {
+  return [
     {
       method: 'GET',
       path: '/v1/health',
@@ -128,6 +182,13 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
         return Promise.resolve();
       },
     },
+  ];
+}
+
+/** `/v1/tasks…`: submit, read, watch and cancel tasks. */
+function taskRoutes(api: ApiContext): Route[] {
+  const { client, maxBodyBytes } = api;
+  return [
     {
       method: 'POST',
       path: '/v1/tasks',
@@ -157,7 +218,7 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
       path: '/v1/tasks/:id/events',
       scope: 'read',
       does: 'watch tasks',
-      handle: (ctx) => limitStreams(ctx.principal, () => streamEvents(ctx, validate(TaskId, ctx.params.id, 'id'))),
+      handle: (ctx) => limitStreams(api, ctx.principal, () => streamEvents(api, ctx, validate(TaskId, ctx.params.id, 'id'))),
     },
     {
       method: 'POST',
@@ -177,6 +238,12 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
         sendJson(res, 202, { taskId, cancelRequested: true });
       },
     },
+  ];
+}
+
+/** `/v1/approvals…`: list and decide approvals. */
+function approvalRoutes({ client, maxBodyBytes }: ApiContext): Route[] {
+  return [
     {
       method: 'GET',
       path: '/v1/approvals',
@@ -217,93 +284,65 @@ export function createApiServer(opts: ApiServerOptions): http.Server {
       },
     },
   ];
+}
 
-  /** Runs `stream` unless the caller's key already holds `maxStreamsPerKey` open streams (429 then). */
-  async function limitStreams(principal: Principal, stream: () => Promise<void>): Promise<void> {
-    const key = principal.keyId || principal.identity;
-    const open = streamsPerKey.get(key) ?? 0;
-    if (open >= maxStreamsPerKey) throw new HttpError(429, `too many event streams: at most ${maxStreamsPerKey} may be open per API key`, {}, { 'retry-after': '5' });
-    streamsPerKey.set(key, open + 1);
-    try {
-      await stream();
-    } finally {
-      const left = (streamsPerKey.get(key) ?? 1) - 1;
-      if (left > 0) streamsPerKey.set(key, left);
-      else streamsPerKey.delete(key);
-    }
+/** Runs `stream` unless the caller's key already holds `maxStreamsPerKey` open streams (429 then). */
+async function limitStreams({ streamsPerKey, maxStreamsPerKey }: ApiContext, principal: Principal, stream: () => Promise<void>): Promise<void> {
+  const key = principal.keyId || principal.identity;
+  const open = streamsPerKey.get(key) ?? 0;
+  if (open >= maxStreamsPerKey) throw new HttpError(429, `too many event streams: at most ${maxStreamsPerKey} may be open per API key`, {}, { 'retry-after': '5' });
+  streamsPerKey.set(key, open + 1);
+  try {
+    await stream();
+  } finally {
+    const left = (streamsPerKey.get(key) ?? 1) - 1;
+    if (left > 0) streamsPerKey.set(key, left);
+    else streamsPerKey.delete(key);
   }
+}
 
-  /** One `event:` per progress change, then the result; stops watching when the client goes away. */
-  async function streamEvents({ req, res, requestId, principal }: Ctx, taskId: string): Promise<void> {
-    await describeOwnTask(client, principal, taskId); // a 404 while an ordinary JSON answer is still possible
-    await client.getTask(taskId);
-    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-    res.flushHeaders();
-    streams.add(res);
-    // Cancels the pending gRPC call and every later one once the client has gone, which ends the watch.
-    const abort = stickyAbortController();
-    const gone = new Promise<typeof GONE>((resolve) =>
-      res.once('close', () => {
-        abort.abort();
-        resolve(GONE);
-      }),
-    );
-    const scoped = <T>(fn: () => Promise<T>): Promise<T> => client.client.connection.withAbortSignal(abort.signal, fn);
-    const send = (event: string, data: unknown): void => {
-      if (!res.writableEnded && !res.destroyed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-    };
-    // A comment line now and then keeps proxies from closing a quiet stream.
-    const heartbeat = setInterval(() => !res.writableEnded && res.write(': keep-alive\n\n'), 15_000);
-    heartbeat.unref();
-    const watch = client.watchTask(taskId, { intervalMs: watchIntervalMs });
-    try {
-      for (;;) {
-        const next = await Promise.race([scoped(() => watch.next()), gone]);
-        if (next === GONE || next.done) break;
-        send('progress', next.value);
-      }
-      if (!res.writableEnded && !res.destroyed) {
-        const result = await Promise.race([scoped(() => client.result(taskId)), gone]);
-        if (result !== GONE) send('result', result);
-      }
-    } catch (err) {
-      const { body } = answerFor(err, requestId, logger, req);
-      send('error', body);
-    } finally {
-      clearInterval(heartbeat);
-      streams.delete(res);
-      watch.return(undefined).catch(() => undefined); // runs once the cancelled call has ended the pending step
-      if (!res.writableEnded) res.end();
-    }
-  }
-
-  const server = http.createServer({ requestTimeout: 60_000 }, (req, res) => {
-    const started = process.hrtime.bigint();
-    const requestId = randomUUID();
-    res.setHeader('x-request-id', requestId);
-    const url = new URL(req.url ?? '/', 'http://localhost');
+/** One `event:` per progress change, then the result; stops watching when the client goes away. */
+async function streamEvents({ client, logger, streams, watchIntervalMs }: ApiContext, { req, res, requestId, principal }: Ctx, taskId: string): Promise<void> {
+  await describeOwnTask(client, principal, taskId); // a 404 while an ordinary JSON answer is still possible
+  await client.getTask(taskId);
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res.flushHeaders();
+  streams.add(res);
+  // Cancels the pending gRPC call and every later one once the client has gone, which ends the watch.
+  const abort = stickyAbortController();
+  const gone = new Promise<typeof GONE>((resolve) =>
     res.once('close', () => {
-      const durationMs = Number((process.hrtime.bigint() - started) / 1_000_000n);
-      logger.info({ method: req.method, path: url.pathname, status: res.statusCode, durationMs, requestId, aborted: !res.writableFinished || undefined }, 'request');
-    });
-    void (async () => {
-      try {
-        const { route, params } = match(routes, req.method ?? 'GET', url.pathname);
-        const principal = route.scope === null ? ANONYMOUS : await authenticate(req.headers.authorization);
-        if (route.scope !== null) requireScope(principal, route.scope, route.does ?? route.path);
-        await route.handle({ req, res, params, query: url.searchParams, requestId, principal });
-      } catch (err) {
-        const { status, body, headers } = answerFor(err, requestId, logger, req);
-        if (res.headersSent) {
-          if (!res.writableEnded) res.end();
-          return;
-        }
-        sendJson(res, status, body, headers);
-      }
-    })();
-  });
-  openStreams.set(server, streams);
-  return server;
+      abort.abort();
+      resolve(GONE);
+    }),
+  );
+  const scoped = <T>(fn: () => Promise<T>): Promise<T> => client.client.connection.withAbortSignal(abort.signal, fn);
+  const send = (event: string, data: unknown): void => {
+    if (!res.writableEnded && !res.destroyed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  };
+  // A comment line now and then keeps proxies from closing a quiet stream.
+  const heartbeat = setInterval(() => !res.writableEnded && res.write(': keep-alive\n\n'), 15_000);
+  heartbeat.unref();
+  const watch = client.watchTask(taskId, { intervalMs: watchIntervalMs });
+  try {
+    for (;;) {
+      const next = await Promise.race([scoped(() => watch.next()), gone]);
+      if (next === GONE || next.done) break;
+      send('progress', next.value);
+    }
+    if (!res.writableEnded && !res.destroyed) {
+      const result = await Promise.race([scoped(() => client.result(taskId)), gone]);
+      if (result !== GONE) send('result', result);
+    }
+  } catch (err) {
+    const { body } = answerFor(err, requestId, logger, req);
+    send('error', body);
+  } finally {
+    clearInterval(heartbeat);
+    streams.delete(res);
+    watch.return(undefined).catch(() => undefined); // runs once the cancelled call has ended the pending step
+    if (!res.writableEnded) res.end();
+  }
 }
 
 /**
@@ -420,17 +459,6 @@ function isUnavailable(err: unknown): boolean {
 
 /** The OpenAPI 3.1 document of the API; request schemas come from the zod schemas that validate them. */
 export function openApiDocument(): Record<string, unknown> {
-  const jsonSchema = (schema: z.ZodType): Record<string, unknown> => {
-    const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, { io: 'input' }) as Record<string, unknown>;
-    return rest;
-  };
-  const ref = (name: string): { $ref: string } => ({ $ref: `#/components/schemas/${name}` });
-  const json = (schema: unknown, description: string): Record<string, unknown> => ({ description, content: { 'application/json': { schema } } });
-  const error = (description: string): { $ref: string } => ({ $ref: `#/components/responses/${description}` });
-  const taskIdParam = { name: 'id', in: 'path', required: true, description: 'The task id.', schema: jsonSchema(TaskId) };
-  const guarded = { security: [{ bearer: [] }] };
-  const common = { '401': error('Unauthorized'), '403': error('Forbidden'), '500': error('InternalError'), '503': error('Unavailable') };
-
   return {
     openapi: '3.1.0',
     info: {
@@ -439,102 +467,7 @@ export function openApiDocument(): Record<string, unknown> {
       description:
         'Submit, watch and cancel MARE tasks and decide their approvals without the Temporal client. Every route except /v1/health and /v1/openapi.json needs "Authorization: Bearer <key>".',
     },
-    paths: {
-      '/v1/tasks': {
-        post: {
-          operationId: 'submitTask',
-          summary: 'Submit a task. The task id is the idempotency key: the same id again returns the existing task.',
-          ...guarded,
-          requestBody: { required: true, content: { 'application/json': { schema: ref('SubmitTaskRequest') } } },
-          responses: { '202': json(ref('TaskAccepted'), 'Started, or already started under that id.'), '400': error('BadRequest'), '409': error('Conflict'), '413': error('TooLarge'), '415': error('UnsupportedMediaType'), ...common },
-        },
-      },
-      '/v1/tasks/{id}': {
-        get: {
-          operationId: 'getTask',
-          summary: "A task: its Temporal execution status, its progress while running, its result once completed.",
-          ...guarded,
-          parameters: [taskIdParam],
-          responses: { '200': json(ref('TaskView'), 'The task.'), '400': error('BadRequest'), '404': error('NotFound'), ...common },
-        },
-      },
-      '/v1/tasks/{id}/events': {
-        get: {
-          operationId: 'watchTask',
-          summary: 'Server-sent events: `progress` (a TaskProgress) on every change, then `result` (a TaskResult) when the task ends, then the stream closes. `error` ({ error }) if the result cannot be read.',
-          ...guarded,
-          parameters: [taskIdParam],
-          responses: {
-            '200': { description: 'An event stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
-            '400': error('BadRequest'),
-            '404': error('NotFound'),
-            '429': error('TooManyStreams'),
-            ...common,
-          },
-        },
-      },
-      '/v1/tasks/{id}/cancel': {
-        post: {
-          operationId: 'cancelTask',
-          summary: 'Request cancellation: the task rolls back what it did and ends COMPENSATED (FAILED if an undo step fails).',
-          ...guarded,
-          parameters: [taskIdParam],
-          responses: {
-            '202': json({ type: 'object', required: ['taskId', 'cancelRequested'], properties: { taskId: { type: 'string' }, cancelRequested: { const: true } } }, 'Cancellation requested.'),
-            '400': error('BadRequest'),
-            '404': error('NotFound'),
-            '409': error('Conflict'),
-            ...common,
-          },
-        },
-      },
-      '/v1/approvals': {
-        get: {
-          operationId: 'listApprovals',
-          summary: 'Approvals waiting for a person in every running task; with `taskId`, every approval of that task, decided ones too.',
-          ...guarded,
-          parameters: [{ name: 'taskId', in: 'query', required: false, schema: jsonSchema(TaskId) }],
-          responses: {
-            '200': json({ type: 'object', required: ['approvals'], properties: { approvals: { type: 'array', items: ref('Approval') } } }, 'The approvals.'),
-            '400': error('BadRequest'),
-            '404': error('NotFound'),
-            ...common,
-          },
-        },
-      },
-      '/v1/approvals/{id}/decision': {
-        post: {
-          operationId: 'decideApproval',
-          summary: 'Approve or deny a pending approval of a task. The same Idempotency-Key twice has one effect and the same answer.',
-          ...guarded,
-          parameters: [
-            { name: 'id', in: 'path', required: true, description: 'The approval id (unique within its task).', schema: jsonSchema(ApprovalId) },
-            { name: 'Idempotency-Key', in: 'header', required: false, description: 'Used as the update id.', schema: jsonSchema(IdempotencyKey) },
-          ],
-          requestBody: { required: true, content: { 'application/json': { schema: ref('ApprovalDecisionRequest') } } },
-          responses: {
-            '200': json(ref('Approval'), 'The approval, decided.'),
-            '400': error('BadRequest'),
-            '404': error('NotFound'),
-            '409': error('Conflict'),
-            '413': error('TooLarge'),
-            '415': error('UnsupportedMediaType'),
-            ...common,
-          },
-        },
-      },
-      '/v1/health': {
-        get: {
-          operationId: 'health',
-          summary: 'Whether Temporal answers. No key needed.',
-          security: [],
-          responses: { '200': json(ref('Health'), 'Temporal is reachable.'), '503': json(ref('Health'), 'Temporal did not answer in time.') },
-        },
-      },
-      '/v1/openapi.json': {
-        get: { operationId: 'openApi', summary: 'This document. No key needed.', security: [], responses: { '200': json({ type: 'object' }, 'The OpenAPI 3.1 document.') } },
-      },
-    },
+    paths: { ...taskPaths(), ...approvalPaths(), ...servicePaths() },
     components: {
       securitySchemes: {
         bearer: {
@@ -547,110 +480,279 @@ export function openApiDocument(): Record<string, unknown> {
       schemas: {
         SubmitTaskRequest: jsonSchema(SubmitTaskInput),
         ApprovalDecisionRequest: jsonSchema(DecisionBody),
-        TaskAccepted: { type: 'object', required: ['taskId', 'workflowId'], properties: { taskId: { type: 'string' }, workflowId: { type: 'string' } } },
-        TaskView: {
-          type: 'object',
-          required: ['taskId', 'workflowId', 'execution'],
-          properties: {
-            taskId: { type: 'string' },
-            workflowId: { type: 'string' },
-            execution: { type: 'string', description: "Temporal's execution status: RUNNING, COMPLETED, FAILED, CANCELLED, TERMINATED, TIMED_OUT…" },
-            progress: ref('TaskProgress'),
-            result: ref('TaskResult'),
-          },
+        ...taskSchemas(),
+        ...approvalSchemas(),
+        ...serviceSchemas(),
+      },
+      responses: errorResponses(),
+    },
+  };
+}
+
+/** A zod schema as JSON Schema (of its input), without `$schema`. */
+function jsonSchema(schema: z.ZodType): Record<string, unknown> {
+  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, { io: 'input' }) as Record<string, unknown>;
+  return rest;
+}
+
+function ref(name: string): { $ref: string } {
+  return { $ref: `#/components/schemas/${name}` };
+}
+
+function json(schema: unknown, description: string): Record<string, unknown> {
+  return { description, content: { 'application/json': { schema } } };
+}
+
+function error(description: string): { $ref: string } {
+  return { $ref: `#/components/responses/${description}` };
+}
+
+/** The security requirement of every route that needs a key. */
+function guarded(): { security: { bearer: string[] }[] } {
+  return { security: [{ bearer: [] }] };
+}
+
+/** The error responses every route that needs a key can give. */
+function commonErrors(): Record<string, { $ref: string }> {
+  return { '401': error('Unauthorized'), '403': error('Forbidden'), '500': error('InternalError'), '503': error('Unavailable') };
+}
+
+/** The paths under `/v1/tasks`. */
+function taskPaths(): Record<string, unknown> {
+  const taskIdParam = { name: 'id', in: 'path', required: true, description: 'The task id.', schema: jsonSchema(TaskId) };
+  const common = commonErrors();
+  return {
+    '/v1/tasks': {
+      post: {
+        operationId: 'submitTask',
+        summary: 'Submit a task. The task id is the idempotency key: the same id again returns the existing task.',
+        ...guarded(),
+        requestBody: { required: true, content: { 'application/json': { schema: ref('SubmitTaskRequest') } } },
+        responses: { '202': json(ref('TaskAccepted'), 'Started, or already started under that id.'), '400': error('BadRequest'), '409': error('Conflict'), '413': error('TooLarge'), '415': error('UnsupportedMediaType'), ...common },
+      },
+    },
+    '/v1/tasks/{id}': {
+      get: {
+        operationId: 'getTask',
+        summary: "A task: its Temporal execution status, its progress while running, its result once completed.",
+        ...guarded(),
+        parameters: [taskIdParam],
+        responses: { '200': json(ref('TaskView'), 'The task.'), '400': error('BadRequest'), '404': error('NotFound'), ...common },
+      },
+    },
+    '/v1/tasks/{id}/events': {
+      get: {
+        operationId: 'watchTask',
+        summary: 'Server-sent events: `progress` (a TaskProgress) on every change, then `result` (a TaskResult) when the task ends, then the stream closes. `error` ({ error }) if the result cannot be read.',
+        ...guarded(),
+        parameters: [taskIdParam],
+        responses: {
+          '200': { description: 'An event stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
+          '400': error('BadRequest'),
+          '404': error('NotFound'),
+          '429': error('TooManyStreams'),
+          ...common,
         },
-        TaskProgress: {
-          type: 'object',
-          required: ['taskId', 'status', 'phase', 'subtasks'],
-          properties: {
-            taskId: { type: 'string' },
-            status: { enum: ['RUNNING', 'COMPLETED', 'FAILED', 'COMPENSATED'] },
-            phase: { enum: ['planning', 'executing', 'verifying', 'compensating', 'done'] },
-            plan: { type: 'object', description: 'The validated plan: { subtasks: [{ id, title, instructions, role, dependsOn, … }] }.' },
-            planFallbackReason: { type: 'string' },
-            subtasks: {
-              type: 'array',
-              items: {
-                type: 'object',
-                required: ['id', 'title', 'role', 'state', 'attempts', 'latestStep', 'workflowId'],
-                properties: {
-                  id: { type: 'string' },
-                  title: { type: 'string' },
-                  role: { type: 'string' },
-                  state: { enum: ['pending', 'running', 'verifying', 'completed', 'failed', 'cancelled', 'skipped'] },
-                  attempts: { type: 'integer' },
-                  latestStep: { type: 'string' },
-                  workflowId: { type: 'string' },
-                  pendingApprovals: { type: 'array', items: { type: 'string' } },
-                },
-              },
+      },
+    },
+    '/v1/tasks/{id}/cancel': {
+      post: {
+        operationId: 'cancelTask',
+        summary: 'Request cancellation: the task rolls back what it did and ends COMPENSATED (FAILED if an undo step fails).',
+        ...guarded(),
+        parameters: [taskIdParam],
+        responses: {
+          '202': json({ type: 'object', required: ['taskId', 'cancelRequested'], properties: { taskId: { type: 'string' }, cancelRequested: { const: true } } }, 'Cancellation requested.'),
+          '400': error('BadRequest'),
+          '404': error('NotFound'),
+          '409': error('Conflict'),
+          ...common,
+        },
+      },
+    },
+  };
+}
+
+/** The paths under `/v1/approvals`. */
+function approvalPaths(): Record<string, unknown> {
+  const common = commonErrors();
+  return {
+    '/v1/approvals': {
+      get: {
+        operationId: 'listApprovals',
+        summary: 'Approvals waiting for a person in every running task; with `taskId`, every approval of that task, decided ones too.',
+        ...guarded(),
+        parameters: [{ name: 'taskId', in: 'query', required: false, schema: jsonSchema(TaskId) }],
+        responses: {
+          '200': json({ type: 'object', required: ['approvals'], properties: { approvals: { type: 'array', items: ref('Approval') } } }, 'The approvals.'),
+          '400': error('BadRequest'),
+          '404': error('NotFound'),
+          ...common,
+        },
+      },
+    },
+    '/v1/approvals/{id}/decision': {
+      post: {
+        operationId: 'decideApproval',
+        summary: 'Approve or deny a pending approval of a task. The same Idempotency-Key twice has one effect and the same answer.',
+        ...guarded(),
+        parameters: [
+          { name: 'id', in: 'path', required: true, description: 'The approval id (unique within its task).', schema: jsonSchema(ApprovalId) },
+          { name: 'Idempotency-Key', in: 'header', required: false, description: 'Used as the update id.', schema: jsonSchema(IdempotencyKey) },
+        ],
+        requestBody: { required: true, content: { 'application/json': { schema: ref('ApprovalDecisionRequest') } } },
+        responses: {
+          '200': json(ref('Approval'), 'The approval, decided.'),
+          '400': error('BadRequest'),
+          '404': error('NotFound'),
+          '409': error('Conflict'),
+          '413': error('TooLarge'),
+          '415': error('UnsupportedMediaType'),
+          ...common,
+        },
+      },
+    },
+  };
+}
+
+/** `/v1/health` and `/v1/openapi.json`: no key needed. */
+function servicePaths(): Record<string, unknown> {
+  return {
+    '/v1/health': {
+      get: {
+        operationId: 'health',
+        summary: 'Whether Temporal answers. No key needed.',
+        security: [],
+        responses: { '200': json(ref('Health'), 'Temporal is reachable.'), '503': json(ref('Health'), 'Temporal did not answer in time.') },
+      },
+    },
+    '/v1/openapi.json': {
+      get: { operationId: 'openApi', summary: 'This document. No key needed.', security: [], responses: { '200': json({ type: 'object' }, 'The OpenAPI 3.1 document.') } },
+    },
+  };
+}
+
+/** The response schemas of the task routes. */
+function taskSchemas(): Record<string, unknown> {
+  return {
+    TaskAccepted: { type: 'object', required: ['taskId', 'workflowId'], properties: { taskId: { type: 'string' }, workflowId: { type: 'string' } } },
+    TaskView: {
+      type: 'object',
+      required: ['taskId', 'workflowId', 'execution'],
+      properties: {
+        taskId: { type: 'string' },
+        workflowId: { type: 'string' },
+        execution: { type: 'string', description: "Temporal's execution status: RUNNING, COMPLETED, FAILED, CANCELLED, TERMINATED, TIMED_OUT…" },
+        progress: ref('TaskProgress'),
+        result: ref('TaskResult'),
+      },
+    },
+    TaskProgress: {
+      type: 'object',
+      required: ['taskId', 'status', 'phase', 'subtasks'],
+      properties: {
+        taskId: { type: 'string' },
+        status: { enum: ['RUNNING', 'COMPLETED', 'FAILED', 'COMPENSATED'] },
+        phase: { enum: ['planning', 'executing', 'verifying', 'compensating', 'done'] },
+        plan: { type: 'object', description: 'The validated plan: { subtasks: [{ id, title, instructions, role, dependsOn, … }] }.' },
+        planFallbackReason: { type: 'string' },
+        subtasks: {
+          type: 'array',
+          items: {
+            type: 'object',
+            required: ['id', 'title', 'role', 'state', 'attempts', 'latestStep', 'workflowId'],
+            properties: {
+              id: { type: 'string' },
+              title: { type: 'string' },
+              role: { type: 'string' },
+              state: { enum: ['pending', 'running', 'verifying', 'completed', 'failed', 'cancelled', 'skipped'] },
+              attempts: { type: 'integer' },
+              latestStep: { type: 'string' },
+              workflowId: { type: 'string' },
+              pendingApprovals: { type: 'array', items: { type: 'string' } },
             },
           },
         },
-        TaskResult: {
-          type: 'object',
-          required: ['taskId', 'status', 'cancelled', 'plan', 'subtasks', 'usage', 'models', 'compensations'],
-          properties: {
-            taskId: { type: 'string' },
-            status: { enum: ['COMPLETED', 'FAILED', 'COMPENSATED'] },
-            cancelled: { type: 'boolean' },
-            plan: { type: 'object' },
-            planFallbackReason: { type: 'string' },
-            subtasks: { type: 'array', items: { type: 'object', description: 'Per subtask: id, role, roleVersion, status, output, attempts, score, evidenceIds, usage, models, approvals, error…' } },
-            usage: { type: 'object', description: 'Token usage: inputTokens, outputTokens, …' },
-            verification: { type: 'object', properties: { passed: { type: 'boolean' }, score: { type: 'number' }, evidenceId: { type: 'string' }, feedback: { type: 'string' } } },
-            models: { type: 'array', items: { type: 'string' }, description: '`scripted:…` is the offline model.' },
-            compensations: { type: 'array', items: { type: 'object' } },
-            error: { type: 'string' },
-          },
-        },
-        Approval: {
-          type: 'object',
-          required: ['approvalId', 'taskId', 'subtaskId', 'workflowId', 'kind', 'target', 'args', 'reason', 'status', 'deadline', 'onTimeout'],
-          properties: {
-            approvalId: { type: 'string' },
-            taskId: { type: 'string' },
-            subtaskId: { type: 'string' },
-            workflowId: { type: 'string' },
-            kind: { enum: ['tool', 'model', 'verification'] },
-            target: { type: 'string' },
-            args: { type: 'object', description: 'The call arguments, secrets redacted.' },
-            reason: { type: 'string' },
-            policy: { type: 'string', description: 'name@version#rule' },
-            status: { enum: ['pending', 'approved', 'denied', 'timed_out'] },
-            deadline: { type: 'string', format: 'date-time' },
-            onTimeout: { enum: ['allow', 'deny'] },
-            decidedBy: { type: 'string' },
-            decisionReason: { type: 'string' },
-          },
-        },
-        Health: { type: 'object', required: ['ok', 'temporal'], properties: { ok: { type: 'boolean' }, temporal: { enum: ['reachable', 'unreachable'] } } },
-        Error: {
-          type: 'object',
-          required: ['error'],
-          properties: {
-            error: { type: 'string' },
-            issues: { type: 'array', items: { type: 'object', required: ['path', 'message'], properties: { path: { type: 'string' }, message: { type: 'string' } } } },
-            requestId: { type: 'string', description: 'On 500: the id to find the error in the server log.' },
-          },
-        },
       },
-      responses: Object.fromEntries(
-        (
-          [
-            ['BadRequest', 'Invalid body (not JSON, nested deeper than 64 levels, text with a NUL character or a lone surrogate), parameter or task id; `issues` names each field.'],
-            ['Unauthorized', 'Missing, wrong or revoked API key.'],
-            ['Forbidden', 'The key lacks the scope this call needs.'],
-            ['NotFound', "No such task or approval, or another tenant's."],
-            ['Conflict', "The approval is no longer pending, the task has already ended, or the task id is another tenant's."],
-            ['TooLarge', 'The body is larger than 1 MiB.'],
-            ['TooManyStreams', 'The API key already holds the most event streams allowed at once; close one (Retry-After says when to try again).'],
-            ['UnsupportedMediaType', 'The body is not application/json.'],
-            ['InternalError', 'Unexpected error; the body carries only a request id.'],
-            ['Unavailable', 'Temporal is unavailable.'],
-          ] as const
-        ).map(([name, description]) => [name, json(ref('Error'), description)]),
-      ),
+    },
+    TaskResult: {
+      type: 'object',
+      required: ['taskId', 'status', 'cancelled', 'plan', 'subtasks', 'usage', 'models', 'compensations'],
+      properties: {
+        taskId: { type: 'string' },
+        status: { enum: ['COMPLETED', 'FAILED', 'COMPENSATED'] },
+        cancelled: { type: 'boolean' },
+        plan: { type: 'object' },
+        planFallbackReason: { type: 'string' },
+        subtasks: { type: 'array', items: { type: 'object', description: 'Per subtask: id, role, roleVersion, status, output, attempts, score, evidenceIds, usage, models, approvals, error…' } },
+        usage: { type: 'object', description: 'Token usage: inputTokens, outputTokens, …' },
+        verification: { type: 'object', properties: { passed: { type: 'boolean' }, score: { type: 'number' }, evidenceId: { type: 'string' }, feedback: { type: 'string' } } },
+        models: { type: 'array', items: { type: 'string' }, description: '`scripted:…` is the offline model.' },
+        compensations: { type: 'array', items: { type: 'object' } },
+        error: { type: 'string' },
+      },
     },
   };
+}
+
+/** The response schema of the approval routes. */
+function approvalSchemas(): Record<string, unknown> {
+  return {
+    Approval: {
+      type: 'object',
+      required: ['approvalId', 'taskId', 'subtaskId', 'workflowId', 'kind', 'target', 'args', 'reason', 'status', 'deadline', 'onTimeout'],
+      properties: {
+        approvalId: { type: 'string' },
+        taskId: { type: 'string' },
+        subtaskId: { type: 'string' },
+        workflowId: { type: 'string' },
+        kind: { enum: ['tool', 'model', 'verification'] },
+        target: { type: 'string' },
+        args: { type: 'object', description: 'The call arguments, secrets redacted.' },
+        reason: { type: 'string' },
+        policy: { type: 'string', description: 'name@version#rule' },
+        status: { enum: ['pending', 'approved', 'denied', 'timed_out'] },
+        deadline: { type: 'string', format: 'date-time' },
+        onTimeout: { enum: ['allow', 'deny'] },
+        decidedBy: { type: 'string' },
+        decisionReason: { type: 'string' },
+      },
+    },
+  };
+}
+
+/** The health answer and the error body every route shares. */
+function serviceSchemas(): Record<string, unknown> {
+  return {
+    Health: { type: 'object', required: ['ok', 'temporal'], properties: { ok: { type: 'boolean' }, temporal: { enum: ['reachable', 'unreachable'] } } },
+    Error: {
+      type: 'object',
+      required: ['error'],
+      properties: {
+        error: { type: 'string' },
+        issues: { type: 'array', items: { type: 'object', required: ['path', 'message'], properties: { path: { type: 'string' }, message: { type: 'string' } } } },
+        requestId: { type: 'string', description: 'On 500: the id to find the error in the server log.' },
+      },
+    },
+  };
+}
+
+/** The error responses, each an `Error` body. */
+function errorResponses(): Record<string, unknown> {
+  return Object.fromEntries(
+    (
+      [
+        ['BadRequest', 'Invalid body (not JSON, nested deeper than 64 levels, text with a NUL character or a lone surrogate), parameter or task id; `issues` names each field.'],
+        ['Unauthorized', 'Missing, wrong or revoked API key.'],
+        ['Forbidden', 'The key lacks the scope this call needs.'],
+        ['NotFound', "No such task or approval, or another tenant's."],
+        ['Conflict', "The approval is no longer pending, the task has already ended, or the task id is another tenant's."],
+        ['TooLarge', 'The body is larger than 1 MiB.'],
+        ['TooManyStreams', 'The API key already holds the most event streams allowed at once; close one (Retry-After says when to try again).'],
+        ['UnsupportedMediaType', 'The body is not application/json.'],
+        ['InternalError', 'Unexpected error; the body carries only a request id.'],
+        ['Unavailable', 'Temporal is unavailable.'],
+      ] as const
+    ).map(([name, description]) => [name, json(ref('Error'), description)]),
+  );
 }
