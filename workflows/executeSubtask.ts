@@ -29,7 +29,7 @@ import type {
   ToolResult,
   TokenUsage,
 } from '../validation';
-import { bookkeeping as store, modelsWith, toolCallActivity } from './activityProfiles';
+import { bookkeeping as store, modelsWith, toolCallActivity, verifierWith } from './activityProfiles';
 import { acquireSlotSignal, releaseSlotSignal, slotGrantedSignal, subtaskProgressQuery } from './definitions';
 import { ApprovalDesk } from './approvals';
 import { errorMessage, failureType } from '../core/errors';
@@ -144,7 +144,7 @@ export async function executeSubtask(input: SubtaskInput): Promise<SubtaskResult
 
         progress.state = 'verifying';
         step(`verifying attempt ${attempt}`);
-        const verdict = await modelsWith(`verify attempt ${attempt} [${current.name}]`).verify({
+        const verdict = await verifierWith(`verify attempt ${attempt} [${current.name}]`).verify({
           taskId,
           subtaskId: subtask.id,
           attempt,

@@ -16,7 +16,7 @@ import type { CompensationOutcome, PendingApprovalNote, Plan, Subtask, SubtaskRe
 import { oneLine, SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../core/constants';
 import { attemptOfCallKey, toolCallTarget } from '../core/describe';
 import { addUsage, ZERO_USAGE } from '../core/usage';
-import { bookkeeping as store, compensations, modelsWith } from './activityProfiles';
+import { bookkeeping as store, compensations, modelsWith, verifierWith } from './activityProfiles';
 import { progressQuery, subtaskApprovalsSignal, taskResultQuery } from './definitions';
 import { errorMessage, failureType } from '../core/errors';
 import { executeSubtask } from './executeSubtask';
@@ -66,7 +66,7 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
   ]);
 
   const planner = modelsWith(`plan: ${oneLine(req.goal, 80)}`);
-  const taskVerifier = modelsWith("verify the task's own acceptance criteria");
+  const taskVerifier = verifierWith("verify the task's own acceptance criteria");
 
   // 1. Decompose. An unusable plan has already been replaced by one atomic subtask, with the reason.
   let plan: Plan = { subtasks: [] };
