@@ -25,3 +25,27 @@ export function createActivities(deps: ActivityDeps) {
     ...createVerifyActivities(deps),
   };
 }
+
+// The groups workflows call, each through the proxy of its own profile (workflows/activityProfiles.ts).
+
+/**
+ * Bookkeeping that runs as local activities: PostgreSQL writes, and what an embodiment pins at its
+ * start (role, tools, policies, approvers' keys) and the mediation of long tool arguments.
+ */
+export type BookkeepingActivities = ReturnType<typeof createStoreActivities> &
+  Pick<ReturnType<typeof createRoleActivities>, 'loadRole'> &
+  Pick<ReturnType<typeof createPolicyActivities>, 'loadPolicies' | 'approverKeys' | 'mediateToolCall'> &
+  Pick<ReturnType<typeof createToolActivities>, 'toolCatalog'> &
+  Pick<ReturnType<typeof createReliabilityActivities>, 'recordEmbodiments'>;
+
+/** Model calls on the models queue: the planner and the agent's own calls. */
+export type ModelActivities = ReturnType<typeof createPlannerActivities> & ReturnType<typeof createModelActivities>;
+
+/** The verifier, on the models queue too (its judgements are model calls). */
+export type VerifyActivities = ReturnType<typeof createVerifyActivities>;
+
+/** Undo steps, on the tools queue. */
+export type CompensationActivities = Pick<ReturnType<typeof createToolActivities>, 'compensate'>;
+
+/** A role supervisor's enforcement of its decisions. */
+export type EnforcementActivities = Pick<ReturnType<typeof createReliabilityActivities>, 'enforce'>;

@@ -1,15 +1,12 @@
 import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityOptions, type RetryPolicy } from '@temporalio/workflow';
-import type { createActivities } from '../activities';
+import type { BookkeepingActivities, CompensationActivities, ModelActivities, VerifyActivities } from '../activities';
 import { oneLine, TASK_QUEUES } from '../core/constants';
 import type { ToolCallContext, ToolInfo, ToolResult } from '../validation/tools';
-
-type Activities = ReturnType<typeof createActivities>;
-type ActivityProxy = ReturnType<typeof proxyActivities<Activities>>;
 
 const STORE_RETRY: RetryPolicy = { initialInterval: '500 ms', maximumInterval: '10 seconds', maximumAttempts: 20 };
 
 /** A bookkeeping step: returns the store's activities with `summary` as what the Web UI shows on the step. */
-export type Bookkeeping = (summary: string) => ActivityProxy;
+export type Bookkeeping = (summary: string) => BookkeepingActivities;
 
 /**
  * Bookkeeping in PostgreSQL (quick, idempotent, retried for a while) as local activities: no
@@ -17,7 +14,7 @@ export type Bookkeeping = (summary: string) => ActivityProxy;
  * state transitions, more tasks/s and less worker CPU, see bench/TUNING.md).
  */
 export const bookkeeping: Bookkeeping = (summary) =>
-  proxyLocalActivities<Activities>({ startToCloseTimeout: '30 seconds', retry: STORE_RETRY, summary: oneLineSummary(summary) });
+  proxyLocalActivities<BookkeepingActivities>({ startToCloseTimeout: '30 seconds', retry: STORE_RETRY, summary: oneLineSummary(summary) });
 
 /** Model calls: long, heartbeating (a dead worker is noticed in 20 s), backoff for rate limits. */
 const MODEL_OPTIONS: ActivityOptions = {
@@ -28,9 +25,14 @@ const MODEL_OPTIONS: ActivityOptions = {
   taskQueue: TASK_QUEUES.models,
 };
 
-/** Model calls (and the verifier) with a one-line summary the Web UI shows on the activity. */
-export function modelsWith(summary: string): ActivityProxy {
-  return proxyActivities<Activities>({ ...MODEL_OPTIONS, summary: oneLineSummary(summary) });
+/** Model calls (the planner's, the agent's) with a one-line summary the Web UI shows on the activity. */
+export function modelsWith(summary: string): ModelActivities {
+  return proxyActivities<ModelActivities>({ ...MODEL_OPTIONS, summary: oneLineSummary(summary) });
+}
+
+/** The verifier: a model call too, with the same options, and a one-line summary for the Web UI. */
+export function verifierWith(summary: string): VerifyActivities {
+  return proxyActivities<VerifyActivities>({ ...MODEL_OPTIONS, summary: oneLineSummary(summary) });
 }
 
 /** A tool's activity: MCP tools and the built-in workspace tools take the same arguments. */
@@ -58,15 +60,14 @@ export function toolCallActivity(tool: Pick<ToolInfo, 'name' | 'timeoutMs' | 're
 }
 
 /** Undo steps: retried harder than anything else, since a failed undo needs a human. `summary`: what the Web UI shows. */
-export function compensations(summary: string): Pick<ActivityProxy, 'compensate'> {
-  return proxyActivities<Activities>({
+export function compensations(summary: string): CompensationActivities {
+  return proxyActivities<CompensationActivities>({
     startToCloseTimeout: '1 minute',
     retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10 },
     summary: oneLineSummary(summary),
     taskQueue: TASK_QUEUES.tools,
   });
 }
-
 
 /** Summaries are single lines (the Web UI's column). */
 function oneLineSummary(text: string): string {

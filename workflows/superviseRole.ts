@@ -8,7 +8,7 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { createActivities } from '../activities';
+import type { EnforcementActivities } from '../activities';
 import { DEFAULT_TENANT, oneLine, SEARCH_ATTRIBUTES } from '../core/constants';
 import { decide, SUPERVISOR_DEFAULTS, type EnforcementDecision, type OutcomeReport, type SupervisorSettings, type SupervisorState } from '../core/supervisor';
 import {
@@ -23,8 +23,8 @@ import {
 import { workflowVersions } from './versions';
 
 /** Enforcement changes the role repository and writes a record: retried until it lands. `summary`: what the Web UI shows. */
-const enforcement = (summary: string): ReturnType<typeof proxyActivities<ReturnType<typeof createActivities>>> =>
-  proxyActivities<ReturnType<typeof createActivities>>({
+const enforcement = (summary: string): EnforcementActivities =>
+  proxyActivities<EnforcementActivities>({
     startToCloseTimeout: '30 seconds',
     retry: { initialInterval: '1 second', maximumInterval: '30 seconds' },
     summary: oneLine(summary, 200),
