@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { Option, type Command } from 'commander';
 import { bootstrapPolicies, PolicyRepository, splitPolicyRef, type StoredPolicy } from '../activities/policy';
-import type { Actor } from '../infra/db/roleRepository';
+import type { Actor } from '../infra/db/documentStore';
 import { UsageError, withDatabase, type Action, type Print } from './commandKit';
 
 

@@ -9,6 +9,7 @@ export { bootstrapRoles, bundledRolesDir } from '../../infra/roles/bootstrap';
 export * from '../../infra/crypto/roleCrypto';
 export * from '../../infra/roles/directory';
 export * from '../../infra/db/roleRepository';
+export type { Actor } from '../../infra/db/documentStore';
 export * from './router';
 export * from '../../infra/roles/roleService';
 export * from '../../validation/roleProfile';
