@@ -20,14 +20,13 @@ import {
 } from '../activities/policy';
 import type { Actor } from '../activities/roles';
 import {
-  POLICY_APPROVAL_DEFAULTS,
   PolicyDocument,
   type LoadedPolicy,
   type PolicyCondition,
   type PolicyInput,
   type PolicyRule,
 } from '../validation/policy';
-import { APPROVAL_DEFAULTS, conditionMatches, evaluatePolicies, NO_RULE_MATCHED } from '../core/policy';
+import { APPROVAL_DEFAULTS, APPROVAL_DEFAULTS as POLICY_APPROVAL_DEFAULTS, conditionMatches, evaluatePolicies, NO_RULE_MATCHED } from '../core/policy';
 import { createRedactor } from '../infra/secrets';
 import { migrate } from '../infra/db/migrate';
 import { createScratchDatabase } from '../infra/db/scratch';
