@@ -4,11 +4,12 @@ import { z } from 'zod';
 import { patternError, patternFound } from '../core/patterns';
 import { addUsage, describeCriterion, storableText, extractJsonObject, TASK_SCOPE, ZERO_USAGE, type TokenUsage, type Criterion, type CriterionResult, type Verdict } from '../validation';
 import type { ActivityDeps } from './deps';
-import { canonicalJson, sha256 } from './idempotency';
+import { sha256 } from '../infra/crypto/digest';
+import { activityKey, canonicalJson } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 import { recordVerificationMetrics } from './metrics';
 import { atRestOf } from '../infra/crypto/atRest';
-import { audit } from './store';
+import { audit } from '../infra/db/records';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
 import { commandAllowed, describeAllowed } from '../infra/commandAllowlist';
@@ -199,7 +200,7 @@ export function createVerifyActivities(deps: ActivityDeps) {
          ON CONFLICT (evidence_id) DO NOTHING`,
         [evidenceId, input.taskId, input.subtaskId, input.attempt, passed, score, JSON.stringify(evidence)],
       );
-      await audit(pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId });
+      await audit(pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId }, activityKey());
       recordVerificationMetrics({ role: input.role ?? (input.subtaskId === TASK_SCOPE ? TASK_SCOPE : 'unknown'), score, passed });
       // The feedback reaches the progress query and the retry's prompt: no secrets in it.
       return { passed, score, threshold: input.threshold, feedback: deps.redactor.redact(feedback), evidenceId, results, usage: spend.usage, models: [...spend.models] };
