@@ -3,22 +3,11 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import canonicalize from 'canonicalize';
 import { Pool } from 'pg';
-import {
-  bootstrapPolicies,
-  bundledPolicyFile,
-  createPolicyActivities,
-  openPolicyService,
-  parsePolicyDocument,
-  policyChecksum,
-  PolicyIntegrityError,
-  PolicyNotFoundError,
-  PolicyRepository,
-  PolicyRepositoryError,
-  PolicyService,
-  PolicyValidationError,
-  type PolicyAuditRow,
-} from '../activities/policy';
-import type { Actor } from '../activities/roles';
+import { bootstrapPolicies, bundledPolicyFile, openPolicyService } from '../infra/policies/bootstrap';
+import { createPolicyActivities } from '../activities/policy';
+import { parsePolicyDocument, policyChecksum, PolicyIntegrityError, PolicyNotFoundError, PolicyRepository, PolicyRepositoryError, PolicyValidationError, type PolicyAuditRow } from '../infra/db/policyRepository';
+import { PolicyService } from '../infra/policies/policyService';
+import type { Actor } from '../infra/db/documentStore';
 import {
   PolicyDocument,
   type LoadedPolicy,
