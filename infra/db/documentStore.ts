@@ -79,7 +79,7 @@ export class DocumentStore<Row, Doc> {
   private readonly auditTable: string;
 
   constructor(
-    readonly pool: Pool,
+    private readonly pool: Pool,
     private readonly doc: DocumentKind<Row, Doc>,
   ) {
     this.versionsTable = `${doc.kind}_versions`;
@@ -163,7 +163,7 @@ export class DocumentStore<Row, Doc> {
   }
 
   /** Points `latest` of `name` at `version`, in an open transaction. */
-  async setLatest(db: Queryable, name: string, version: string): Promise<void> {
+  private async setLatest(db: Queryable, name: string, version: string): Promise<void> {
     await db.query(`UPDATE ${this.headsTable} SET latest = $2, updated_at = now() WHERE name = $1`, [name, version]);
   }
 
