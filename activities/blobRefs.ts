@@ -2,7 +2,7 @@ import type { Pool } from 'pg';
 import { isBlobRef, looksLikeBlobRef, type BlobRef } from '../core/blobRef';
 import { TOOL_OUTPUT_HISTORY_LIMIT, type ChatMessage, type ToolCall } from '../validation';
 import type { AtRest } from '../infra/crypto/atRest';
-import { loadBlob, putBlob } from './store';
+import { loadBlob, putBlob } from '../infra/db/records';
 
 /**
  * Replaces long arguments of the tool calls a model just wrote with blob references (content goes

@@ -3,10 +3,10 @@ import { createTwoFilesPatch } from 'diff';
 import type { Pool } from 'pg';
 import { subtaskWorkflowId, TASK_SCOPE, type ToolResult } from '../validation';
 import type { AtRest } from '../infra/crypto/atRest';
-import { sha256 } from './idempotency';
+import { sha256 } from '../infra/crypto/digest';
 import { runSandboxed } from '../infra/sandbox';
 import type { Redactor } from '../infra/secrets';
-import { loadBlob } from './store';
+import { loadBlob } from '../infra/db/records';
 import { resolveInWorkspace } from './workspace';
 
 /** A tool call the verifier may rely on, with the digest of its output. */

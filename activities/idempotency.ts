@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 
 /**
@@ -8,11 +7,6 @@ import { Context } from '@temporalio/activity';
 export function activityKey(): string {
   const info = Context.current().info;
   return `${info.workflowExecution?.workflowId ?? 'standalone'}:${info.isLocal ? 'local-' : ''}${info.activityId}`;
-}
-
-/** sha256 hex digest. */
-export function sha256(content: string | Buffer): string {
-  return createHash('sha256').update(content).digest('hex');
 }
 
 /** JSON with sorted keys, so equal values always have equal digests. */

@@ -11,7 +11,7 @@ import { recordModelMetrics } from './metrics';
 import { checkSystemModelCall, SYSTEM_CALLER } from './policy/gate';
 import { classifyModelError } from '../infra/models/model';
 import { detectSensitivity } from '../infra/secrets';
-import { recordPolicyDecision } from './store';
+import { recordPolicyDecision } from '../infra/db/records';
 import type { ToolDescriptor } from '../infra/tools/catalog';
 
 const HEARTBEAT_EVERY_MS = 5_000;
@@ -96,7 +96,7 @@ export function createModelActivities(deps: ActivityDeps) {
         throw err;
       }
       if (req.policy && req.meta.subtaskId) {
-        await recordPolicyDecision(deps.pool, deps.redactor, { taskId: req.meta.taskId, subtaskId: req.meta.subtaskId, key: req.policy.key, kind: 'model', target: req.policy.target, decision: req.policy.decision });
+        await recordPolicyDecision(deps.pool, deps.redactor, { taskId: req.meta.taskId, subtaskId: req.meta.subtaskId, key: req.policy.key, kind: 'model', target: req.policy.target, decision: req.policy.decision }, activityKey());
       }
       const response = await callModelWithHeartbeat(deps, { ...req, toolSpecs });
       deps.logger.debug({ model: response.model, kind: response.kind, usage: response.usage, subtask: req.meta.subtaskId }, 'model call');

@@ -1,7 +1,8 @@
 import { atomicPlan, DEFAULT_ROLE, storableText, validatePlan, type Plan, type TokenUsage } from '../validation';
 import type { ActivityDeps } from './deps';
 import { createRoleActivities } from './roles/activities';
-import { audit } from './store';
+import { audit } from '../infra/db/records';
+import { activityKey } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 
 /** What decompose returns: a valid plan, and the reason when it is the atomic fallback. */
@@ -55,7 +56,7 @@ export function createPlannerActivities(deps: ActivityDeps) {
         fallbackReason: result.fallbackReason === undefined ? undefined : deps.redactor.redact(result.fallbackReason),
         model: response.model,
         offline: response.offline,
-      });
+      }, activityKey());
       return result;
     },
   };

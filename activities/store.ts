@@ -1,67 +1,10 @@
 import { ApplicationFailure } from '@temporalio/common';
-import type { Pool } from 'pg';
 import { z } from 'zod';
-import { storableText, TaskRequest, type ApprovalView, type CompensationOutcome, type PolicyDecision, type SubtaskResult, type TaskResult } from '../validation';
+import { storableText, TaskRequest, type ApprovalView, type CompensationOutcome, type SubtaskResult, type TaskResult } from '../validation';
+import { audit, recordPolicyDecision, type PolicyDecisionRecord } from '../infra/db/records';
 import type { ActivityDeps } from './deps';
-import { activityKey, sha256 } from './idempotency';
+import { activityKey } from './idempotency';
 import { recordApprovalMetric } from './metrics';
-import type { AtRest } from '../infra/crypto/atRest';
-import type { Redactor } from '../infra/secrets';
-
-/**
- * Stores content once under the sha256 of its plaintext and returns the digest. The content is
- * sealed under the payload keyring (redacted without one): use `loadBlob` to read it back.
- */
-export async function putBlob(pool: Pool, content: string, atRest: AtRest): Promise<string> {
-  const hash = sha256(content);
-  await pool.query('INSERT INTO blobs (hash, content, size) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING', [
-    hash,
-    atRest.sealText(content),
-    Buffer.byteLength(content),
-  ]);
-  return hash;
-}
-
-/** The content `putBlob` stored under a digest, opened; a typed BlobMissing failure when there is none. */
-export async function loadBlob(pool: Pool, hash: string, atRest: AtRest): Promise<string> {
-  const { rows } = await pool.query<{ content: string }>('SELECT content FROM blobs WHERE hash = $1', [hash]);
-  if (!rows[0]) throw ApplicationFailure.nonRetryable(`blob ${hash} is missing from the blobs table`, 'BlobMissing');
-  return atRest.openText(rows[0].content);
-}
-
-/** Appends an audit event at most once per activity execution (retries reuse the key). */
-export async function audit(pool: Pool, taskId: string, kind: string, data: unknown, key = activityKey()): Promise<void> {
-  await pool.query(
-    'INSERT INTO audit_events (event_key, task_id, kind, data) VALUES ($1, $2, $3, $4) ON CONFLICT (event_key) DO NOTHING',
-    [`${key}:${kind}`, taskId, kind, JSON.stringify(storableText(data))],
-  );
-}
-
-/** One policy decision, with the key of the call it was made for. */
-export interface PolicyDecisionRecord {
-  taskId: string;
-  subtaskId: string;
-  key: string;
-  kind: 'tool' | 'model';
-  target: string;
-  decision: PolicyDecision;
-}
-
-/**
- * Records a policy decision with the policy version and rule that made it (once per key). An
- * allowed call's decision is recorded by the call's own activity; others by recordPolicyDecision.
- */
-export async function recordPolicyDecision(pool: Pool, redactor: Redactor, input: PolicyDecisionRecord): Promise<void> {
-  const { decision: d } = input;
-  await pool.query(
-    `INSERT INTO policy_decisions (decision_key, task_id, subtask_id, kind, target, decision, reason, policy, rule)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (decision_key) DO NOTHING`,
-    [input.key, input.taskId, input.subtaskId, input.kind, input.target, d.decision, redactor.redact(d.reason), d.policy ?? null, d.rule ?? null],
-  );
-  if (d.decision !== 'allow') {
-    await audit(pool, input.taskId, `policy.${d.decision}`, { subtaskId: input.subtaskId, kind: input.kind, target: input.target, policy: d.policy, rule: d.rule, reason: redactor.redact(d.reason) });
-  }
-}
 
 /** Bookkeeping activities: every write is keyed so a retried activity never writes twice. */
 export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) {
@@ -71,7 +14,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
        ON CONFLICT (task_id) DO NOTHING`,
       [input.taskId, input.workflowId, redactor.redact(input.goal), input.tenant],
     );
-    await audit(pool, input.taskId, 'task.started', { goal: redactor.redact(input.goal), tenant: input.tenant });
+    await audit(pool, input.taskId, 'task.started', { goal: redactor.redact(input.goal), tenant: input.tenant }, activityKey());
   }
 
   return {
@@ -107,12 +50,12 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
          VALUES ($1, $2, $3, $4, $5, 'denied', $6) ON CONFLICT (call_key) DO NOTHING`,
         [input.callKey, input.taskId, input.subtaskId, input.tool, JSON.stringify(storableText(redactor.redactDeep(input.args))), reason],
       );
-      await audit(pool, input.taskId, 'tool.denied', { subtaskId: input.subtaskId, tool: input.tool, role: input.role, ...(input.reason ? { reason } : {}) });
+      await audit(pool, input.taskId, 'tool.denied', { subtaskId: input.subtaskId, tool: input.tool, role: input.role, ...(input.reason ? { reason } : {}) }, activityKey());
     },
 
     /** Records a policy decision that did not ride along with its call (a denial or an escalation). */
     async recordPolicyDecision(input: PolicyDecisionRecord): Promise<void> {
-      await recordPolicyDecision(pool, redactor, input);
+      await recordPolicyDecision(pool, redactor, input, activityKey());
     },
 
     /** Records a pending approval; returns its view with the arguments redacted, for the workflow's query. */
@@ -124,7 +67,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
         [view.taskId, view.approvalId, view.subtaskId, view.workflowId, input.callKey, view.kind, view.target, JSON.stringify(storableText(view.args)), view.reason, view.policy ?? null, view.deadline],
       );
       recordApprovalMetric('requested');
-      await audit(pool, view.taskId, 'approval.requested', { approvalId: view.approvalId, subtaskId: view.subtaskId, kind: view.kind, target: view.target, policy: view.policy, deadline: view.deadline });
+      await audit(pool, view.taskId, 'approval.requested', { approvalId: view.approvalId, subtaskId: view.subtaskId, kind: view.kind, target: view.target, policy: view.policy, deadline: view.deadline }, activityKey());
       return view;
     },
 
@@ -135,7 +78,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
         [input.taskId, input.approvalId, input.status, redactor.redact(input.by), redactor.redact(input.reason)],
       );
       if (input.status !== 'pending') recordApprovalMetric(input.status);
-      await audit(pool, input.taskId, 'approval.decided', { approvalId: input.approvalId, status: input.status, by: redactor.redact(input.by), reason: redactor.redact(input.reason) });
+      await audit(pool, input.taskId, 'approval.decided', { approvalId: input.approvalId, status: input.status, by: redactor.redact(input.by), reason: redactor.redact(input.reason) }, activityKey());
     },
 
     async recordSubtask({ taskId, result }: { taskId: string; result: SubtaskResult }): Promise<void> {
@@ -176,7 +119,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
         contextDigests: result.contextDigests ?? [],
         attempts: result.attempts,
         score: result.score,
-      });
+      }, activityKey());
     },
 
     async recordCompensations({ taskId, outcomes }: { taskId: string; outcomes: CompensationOutcome[] }): Promise<void> {
@@ -187,7 +130,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
           [taskId, seq, o.step.callKey, o.step.subtaskId, o.step.tool, o.ok, redactor.redact(o.detail)],
         );
       }
-      await audit(pool, taskId, 'task.compensated', { steps: outcomes.length, failed: outcomes.filter((o) => !o.ok).length });
+      await audit(pool, taskId, 'task.compensated', { steps: outcomes.length, failed: outcomes.filter((o) => !o.ok).length }, activityKey());
     },
 
     async recordTaskFinished({ result: raw }: { result: TaskResult }): Promise<void> {
@@ -197,7 +140,7 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
         `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, evidence_id = $6, updated_at = now() WHERE task_id = $1`,
         [result.taskId, result.status, JSON.stringify(storableText(result)), JSON.stringify(storableText(result.plan)), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],
       );
-      await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) });
+      await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) }, activityKey());
     },
   };
 }

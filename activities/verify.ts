@@ -6,11 +6,12 @@ import { storableText, extractJsonObject, TASK_SCOPE, type TokenUsage, type Crit
 import { describeCriterion } from '../core/describe';
 import { addUsage, ZERO_USAGE } from '../core/usage';
 import type { ActivityDeps } from './deps';
-import { canonicalJson, sha256 } from './idempotency';
+import { sha256 } from '../infra/crypto/digest';
+import { activityKey, canonicalJson } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 import { recordVerificationMetrics } from './metrics';
 import { atRestOf } from '../infra/crypto/atRest';
-import { audit } from './store';
+import { audit } from '../infra/db/records';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
 import { commandAllowed, describeAllowed } from '../infra/commandAllowlist';
@@ -87,7 +88,7 @@ async function verifyAttempt(deps: ActivityDeps, input: VerifyInput): Promise<Ve
       ? failedOnes.map((r) => `${describeCriterion(r.criterion)}: ${r.detail}`).join('; ')
       : `composite score ${score.toFixed(2)} is below the role's threshold ${input.threshold}`;
   const evidenceId = await storeEvidence(deps, input, { files, spend, results, score, passed });
-  await audit(deps.pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId });
+  await audit(deps.pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId }, activityKey());
   recordVerificationMetrics({ role: input.role ?? (input.subtaskId === TASK_SCOPE ? TASK_SCOPE : 'unknown'), score, passed });
   // The feedback reaches the progress query and the retry's prompt: no secrets in it.
   return { passed, score, threshold: input.threshold, feedback: deps.redactor.redact(feedback), evidenceId, results, usage: spend.usage, models: [...spend.models] };

@@ -16,10 +16,11 @@ import {
   type UndoStep,
 } from '../validation';
 import type { ActivityDeps } from './deps';
-import { audit, putBlob, recordPolicyDecision } from './store';
+import { audit, putBlob, recordPolicyDecision } from '../infra/db/records';
 import { atRestOf } from '../infra/crypto/atRest';
 import { expandArgs } from './blobRefs';
-import { activityKey, sha256 } from './idempotency';
+import { sha256 } from '../infra/crypto/digest';
+import { activityKey } from './idempotency';
 import { detectSensitivity } from '../infra/secrets';
 
 /** A path the tools refuse: outside the workspace, through a symlink, or malformed. */
@@ -105,7 +106,7 @@ export function createWorkspaceActivities(deps: ActivityDeps) {
   ): Promise<ToolResult> {
     const earlier = await pool.query<{ result: unknown }>('SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', [ctx.callKey]);
     if (earlier.rows[0]) return atRest.openJson<ToolResult>(earlier.rows[0].result);
-    if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: tool, decision: ctx.policy });
+    if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: tool, decision: ctx.policy }, activityKey());
     const args = await expandArgs(pool, rawArgs, atRest);
     const parsed = schema.safeParse(args);
     const dirty = textProblems(args);
@@ -226,7 +227,7 @@ export async function undoWorkspaceWrite(deps: Pick<ActivityDeps, 'pool' | 'work
       detail = existed ? `deleted ${snap.path}, which the write had created` : `${snap.path} already absent`;
     }
   }
-  await audit(pool, step.taskId, 'compensation.applied', { callKey: step.callKey, detail });
+  await audit(pool, step.taskId, 'compensation.applied', { callKey: step.callKey, detail }, activityKey());
   return detail;
 }
 

@@ -6,7 +6,9 @@
 import { MockActivityEnvironment } from '@temporalio/testing';
 import type { Pool } from 'pg';
 import pino from 'pino';
-import { createRoleActivities, keyringFromEnv, openRoleService, type LoadRoleInput } from '../activities/roles';
+import { createRoleActivities, type LoadRoleInput } from '../activities/roles';
+import { keyringFromEnv } from '../infra/crypto/roleCrypto';
+import { openRoleService } from '../infra/roles/bootstrap';
 import { validatePlan, type LoadedRole, type RoleProfile } from '../validation';
 import { buildAgentContext } from '../core/inject';
 import { percentile } from './stats';

@@ -11,7 +11,7 @@ import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import { Command, InvalidArgumentError } from 'commander';
 import { Client as PgClient, Pool } from 'pg';
-import { keyringEnv, newKey } from '../activities/roles';
+import { keyringEnv, newKey } from '../infra/crypto/roleCrypto';
 import { migrate } from '../infra/db/migrate';
 import { createScratchDatabase } from '../infra/db/scratch';
 import { projectRoot } from '../infra/paths';

@@ -19,16 +19,11 @@ import { ApiKeyError, ApiKeyStore } from '../infra/db/apiKeys';
 import { MIN_API_KEY_LENGTH, serveApi } from '../servers/api';
 import { CodecTokenError, codecTokenFromEnv, DEFAULT_CODEC_PORT, serveCodec } from '../servers/codecServer';
 import { ReportUsageError } from '../infra/db/reliabilityStore';
-import { PolicyNotFoundError, PolicyRepositoryError, PolicyValidationError } from '../activities/policy';
-import {
-  RoleDirectoryError,
-  RoleIntegrityError,
-  RoleKeyError,
-  RoleNotFoundError,
-  RoleRepositoryError,
-  RoleValidationError,
-  UnknownRoleKeyError,
-} from '../activities/roles';
+import { PolicyNotFoundError, PolicyRepositoryError, PolicyValidationError } from '../infra/db/policyRepository';
+import { RoleDirectoryError } from '../infra/roles/directory';
+import { RoleIntegrityError, RoleKeyError, UnknownRoleKeyError } from '../infra/crypto/roleCrypto';
+import { RoleNotFoundError, RoleRepositoryError } from '../infra/db/roleRepository';
+import { RoleValidationError } from '../validation/roleProfile';
 import { createRedactor, SecretsConfigError } from '../infra/secrets';
 import { loadToolsConfig, ToolsConfigError } from '../activities/tools';
 import { registerSearchAttributes } from '../dev/temporal';

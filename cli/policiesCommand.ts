@@ -1,8 +1,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { Option, type Command } from 'commander';
-import { bootstrapPolicies, PolicyRepository, splitPolicyRef, type StoredPolicy } from '../activities/policy';
-import type { Actor } from '../infra/db/roleRepository';
+import { bootstrapPolicies } from '../infra/policies/bootstrap';
+import { PolicyRepository, splitPolicyRef, type StoredPolicy } from '../infra/db/policyRepository';
+import type { Actor } from '../infra/db/documentStore';
 import { UsageError, withDatabase, type Action, type Print } from './commandKit';
 
 

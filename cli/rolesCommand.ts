@@ -4,23 +4,12 @@ import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { Command } from 'commander';
 import { Pool } from 'pg';
-import {
-  bootstrapRoles,
-  defaultKeyFile,
-  exportRoleDirectory,
-  importRoleDirectory,
-  keyringFromEnv,
-  newKey,
-  readKeyFile,
-  RoleRepository,
-  RoleRepositoryError,
-  splitRoleRef,
-  writeKeyFile,
-  type Actor,
-  type RoleKeyring,
-  type StoredRole,
-  type TenantEnforcement,
-} from '../activities/roles';
+import { bootstrapRoles } from '../infra/roles/bootstrap';
+import { defaultKeyFile, keyringFromEnv, newKey, readKeyFile, writeKeyFile, type RoleKeyring } from '../infra/crypto/roleCrypto';
+import { exportRoleDirectory, importRoleDirectory } from '../infra/roles/directory';
+import { RoleRepository, RoleRepositoryError, type StoredRole, type TenantEnforcement } from '../infra/db/roleRepository';
+import { splitRoleRef } from '../validation/roleProfile';
+import type { Actor } from '../infra/db/documentStore';
 import { migrate } from '../infra/db/migrate';
 import { UsageError, type Action, type Print } from './commandKit';
 import { dataConverterFromEnv } from '../client/client';

@@ -1,7 +1,7 @@
 import { globMatches, patternFound, UnsafePatternError } from './patterns';
 import type { ApprovalTerms, LoadedPolicy, PolicyArgCondition, PolicyCondition, PolicyDecision, PolicyInput, PolicyRule, PolicyVerdict } from '../validation/policy';
 
-/** What an escalation waits for when its rule does not say; the same as POLICY_APPROVAL_DEFAULTS in schemas/policy.ts. */
+/** What an escalation waits for when its rule does not say: the policy schema's defaults, and the evaluator's and approvals' fallback. */
 export const APPROVAL_DEFAULTS: Readonly<ApprovalTerms> = { timeoutSeconds: 3600, onTimeout: 'deny' };
 
 /** The decision when no rule of any policy matches the call. */

@@ -27,9 +27,9 @@ import {
   sleep,
   StackError,
   tailFile,
-  waitForPidExit,
   waitUntilReady,
 } from './stack';
+import { readPidFile, stopProcess, superviseChild, type PidRecord, type StopStep } from './pidFile';
 import { dataDir as defaultDataDir } from '../infra/paths';
 
 export { StackError } from './stack';
@@ -262,11 +262,16 @@ async function ensureCluster(base: string, pgData: string, bins: PostgresBinarie
   renameSync(scratch, pgData);
 }
 
-interface OwnerFile {
-  pid: number;
-  ownerPid: number;
+interface OwnerFile extends PidRecord {
   port: number;
 }
+
+/** Fast shutdown, escalating to immediate shutdown after 30s and SIGKILL after 5s more. */
+const POSTGRES_STOP: readonly StopStep[] = [
+  ['SIGINT', 30_000],
+  ['SIGQUIT', 5_000],
+  ['SIGKILL', 5_000],
+];
 
 /** Deals with a postmaster still running on pgData: stops it if the process that started it died, else refuses. */
 async function handleLeftoverPostmaster(pgData: string, ownerFile: string, log: Log): Promise<void> {
@@ -285,12 +290,7 @@ async function handleLeftoverPostmaster(pgData: string, ownerFile: string, log: 
     unlinkSync(pidFile);
     return;
   }
-  let owner: OwnerFile | undefined;
-  try {
-    owner = JSON.parse(readFileSync(ownerFile, 'utf8')) as OwnerFile;
-  } catch {
-    owner = undefined;
-  }
+  const owner = readPidFile<OwnerFile>(ownerFile);
   if (owner === undefined || owner.pid !== pid || isProcessAlive(owner.ownerPid)) {
     const by = owner !== undefined && owner.pid === pid ? `started by pid ${owner.ownerPid}` : 'not started by MARE';
     throw new StackError(
@@ -299,20 +299,7 @@ async function handleLeftoverPostmaster(pgData: string, ownerFile: string, log: 
     );
   }
   log(`stopping PostgreSQL (pid ${pid}) left over from an earlier run`);
-  await signalAndWait(pid, () => isProcessAlive(pid), (ms) => waitForPidExit(pid, ms));
-}
-
-/** Fast shutdown, escalating to immediate shutdown after 30s and SIGKILL after 5s more. */
-async function signalAndWait(pid: number, alive: () => boolean, waitExit: (ms: number) => Promise<boolean>): Promise<void> {
-  for (const [signal, ms] of [['SIGINT', 30_000], ['SIGQUIT', 5_000], ['SIGKILL', 5_000]] as const) {
-    if (!alive()) return;
-    try {
-      process.kill(pid, signal);
-    } catch {
-      return;
-    }
-    if (await waitExit(ms)) return;
-  }
+  await stopProcess(pid, POSTGRES_STOP);
 }
 
 /** Checks the server answers a query. */
@@ -374,58 +361,13 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions = {}):
     closeSync(fd);
   }
 
-  let exited: { code: number | null; signal: NodeJS.Signals | null; error?: Error } | undefined;
-  const exitPromise = new Promise<void>((res) => {
-    child.once('exit', (code, signal) => {
-      exited ??= { code, signal };
-      res();
-    });
-    child.once('error', (error) => {
-      exited ??= { code: null, signal: null, error };
-      res();
-    });
-  });
+  const { exitReason, stop } = superviseChild(child, { pidFile: ownerFile, record: { port }, exitSignal: 'SIGINT', steps: POSTGRES_STOP });
   const pid = child.pid ?? -1;
-  if (pid > 0) writeFileSync(ownerFile, JSON.stringify({ pid, ownerPid: process.pid, port } satisfies OwnerFile));
-  // Best effort so a caller that exits without stop() does not leave the server running.
-  const onExit = (): void => {
-    if (exited === undefined) child.kill('SIGINT');
-  };
-  process.once('exit', onExit);
-
-  let stopping: Promise<void> | undefined;
-  const stop = (): Promise<void> => {
-    stopping ??= (async () => {
-      if (exited === undefined && pid > 0) {
-        await signalAndWait(
-          pid,
-          () => exited === undefined,
-          (ms) =>
-            new Promise<boolean>((res) => {
-              // A plain sleep() here would keep the event loop (and so the caller's process) alive for the full delay.
-              const timer = setTimeout(() => res(exited !== undefined), ms);
-              void exitPromise.then(() => {
-                clearTimeout(timer);
-                res(true);
-              });
-            }),
-        );
-      }
-      process.removeListener('exit', onExit);
-      try {
-        if ((JSON.parse(readFileSync(ownerFile, 'utf8')) as OwnerFile).pid === pid) unlinkSync(ownerFile);
-      } catch {
-        // No owner file: nothing to clean up.
-      }
-    })();
-    return stopping;
-  };
 
   await waitUntilReady({
     name: 'PostgreSQL',
     where: `127.0.0.1:${port}`,
-    exitReason: () =>
-      exited && (exited.error ? errorMessage(exited.error) : `exit code ${String(exited.code)}, signal ${String(exited.signal)}`),
+    exitReason,
     probe: () => ping(port, 'postgres'),
     stop,
     timeoutMs: opts.startTimeoutMs ?? 60_000,

@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, statSync, writeSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { Connection } from '@temporalio/client';
-import { assertPortFree, errorMessage, fileSize, findFreePort, findOnPath, isExecutableFile, isProcessAlive, processCommandLine, run, StackError, tailFile, waitForPidExit, waitUntilReady } from './stack';
+import { assertPortFree, errorMessage, fileSize, findFreePort, findOnPath, isExecutableFile, isProcessAlive, processCommandLine, run, StackError, tailFile, waitUntilReady } from './stack';
+import { readPidFile, removeQuietly, stopProcess, superviseChild, type PidRecord, type StopStep } from './pidFile';
 import { dataDir } from '../infra/paths';
 
 import { SearchAttributeType } from '@temporalio/common';
@@ -258,20 +259,20 @@ export interface TemporalDevServer {
   stop(): Promise<void>;
 }
 
-interface TemporalPidFile {
-  pid: number;
-  ownerPid: number;
+interface TemporalPidFile extends PidRecord {
   address: string;
 }
 
+/** SIGTERM, then SIGKILL after 10s. */
+const TEMPORAL_STOP: readonly StopStep[] = [
+  ['SIGTERM', 10_000],
+  ['SIGKILL', 5_000],
+];
+
 /** Deals with a server recorded in pidFile: stops it if its owner died, refuses if its owner still runs. */
 async function handleLeftoverServer(pidFile: string, dbFile: string, log: Log): Promise<void> {
-  let recorded: TemporalPidFile;
-  try {
-    recorded = JSON.parse(readFileSync(pidFile, 'utf8')) as TemporalPidFile;
-  } catch {
-    return;
-  }
+  const recorded = readPidFile<TemporalPidFile>(pidFile);
+  if (recorded === undefined) return;
   const cmdline = isProcessAlive(recorded.pid) ? await processCommandLine(recorded.pid) : undefined;
   // Checking the command line guards against a recycled pid now belonging to an unrelated process.
   if (cmdline !== undefined && cmdline.includes('start-dev') && cmdline.includes(dbFile)) {
@@ -282,22 +283,9 @@ async function handleLeftoverServer(pidFile: string, dbFile: string, log: Log): 
       );
     }
     log(`stopping a Temporal dev server (pid ${recorded.pid}) left over from an earlier run`);
-    process.kill(recorded.pid, 'SIGTERM');
-    if (!(await waitForPidExit(recorded.pid, 10_000))) {
-      process.kill(recorded.pid, 'SIGKILL');
-      await waitForPidExit(recorded.pid, 5_000);
-    }
+    await stopProcess(recorded.pid, TEMPORAL_STOP);
   }
-  rmQuiet(pidFile);
-}
-
-/** Removes a file, ignoring a missing one. */
-function rmQuiet(path: string): void {
-  try {
-    unlinkSync(path);
-  } catch {
-    // Already gone is what we wanted.
-  }
+  removeQuietly(pidFile);
 }
 
 /** Checks the namespace answers and the search attributes exist, registering missing ones; throws when not ready. */
@@ -385,56 +373,14 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   const child = spawn(opts.cliPath, args, { stdio: ['ignore', fd, fd] });
   closeSync(fd);
 
-  let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  let spawnError: Error | undefined;
-  const exitPromise = new Promise<void>((res) => {
-    child.once('exit', (code, signal) => {
-      exited = { code, signal };
-      res();
-    });
-    child.once('error', (err) => {
-      spawnError = err;
-      exited ??= { code: null, signal: null };
-      res();
-    });
-  });
   const address = `127.0.0.1:${port}`;
   const pid = child.pid;
-  if (pid !== undefined) {
-    writeFileSync(pidFile, JSON.stringify({ pid, ownerPid: process.pid, address } satisfies TemporalPidFile));
-  }
-  // Best effort so a caller that exits without stop() does not leave the server running.
-  const onExit = (): void => {
-    if (exited === undefined) child.kill('SIGTERM');
-  };
-  process.once('exit', onExit);
-
-  let stopping: Promise<void> | undefined;
-  const stop = (): Promise<void> => {
-    stopping ??= (async () => {
-      if (exited === undefined) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-        await exitPromise;
-        clearTimeout(timer);
-      }
-      process.removeListener('exit', onExit);
-      try {
-        const recorded = JSON.parse(readFileSync(pidFile, 'utf8')) as TemporalPidFile;
-        if (recorded.pid === pid) rmQuiet(pidFile);
-      } catch {
-        // No pid file: nothing to clean up.
-      }
-    })();
-    return stopping;
-  };
+  const { exitReason, stop } = superviseChild(child, { pidFile, record: { address }, exitSignal: 'SIGTERM', steps: TEMPORAL_STOP });
 
   await waitUntilReady({
     name: 'Temporal dev server',
     where: address,
-    exitReason: () =>
-      exited &&
-      (spawnError !== undefined ? errorMessage(spawnError) : `exit code ${String(exited.code)}, signal ${String(exited.signal)}`),
+    exitReason,
     probe: () => checkReady(address, namespace, searchAttributes),
     stop,
     timeoutMs: opts.startTimeoutMs ?? 60_000,

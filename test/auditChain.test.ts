@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Client, Pool } from 'pg';
 import { runner } from 'node-pg-migrate';
 import { auditEventHash, GENESIS_HASH, verifyAuditChain, type AuditChainReport } from '../infra/db/auditChain';
-import { audit } from '../activities/store';
+import { audit } from '../infra/db/records';
 import { migrate, MIGRATIONS_DIR } from '../infra/db/migrate';
 import { createScratchDatabase } from '../infra/db/scratch';
 import { ADMIN_DATABASE_URL, createTestDatabase, type TestDatabase } from './helpers';

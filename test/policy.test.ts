@@ -3,24 +3,12 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import canonicalize from 'canonicalize';
 import { Pool } from 'pg';
+import { bootstrapPolicies, bundledPolicyFile, openPolicyService } from '../infra/policies/bootstrap';
+import { createPolicyActivities } from '../activities/policy';
+import { parsePolicyDocument, policyChecksum, PolicyIntegrityError, PolicyNotFoundError, PolicyRepository, PolicyRepositoryError, PolicyValidationError, type PolicyAuditRow } from '../infra/db/policyRepository';
+import { PolicyService } from '../infra/policies/policyService';
+import type { Actor } from '../infra/db/documentStore';
 import {
-  bootstrapPolicies,
-  bundledPolicyFile,
-  createPolicyActivities,
-  openPolicyService,
-  parsePolicyDocument,
-  policyChecksum,
-  PolicyIntegrityError,
-  PolicyNotFoundError,
-  PolicyRepository,
-  PolicyRepositoryError,
-  PolicyService,
-  PolicyValidationError,
-  type PolicyAuditRow,
-} from '../activities/policy';
-import type { Actor } from '../activities/roles';
-import {
-  POLICY_APPROVAL_DEFAULTS,
   PolicyDocument,
   type LoadedPolicy,
   type PolicyCondition,
@@ -236,7 +224,7 @@ describe('evaluatePolicies: decisions', () => {
     expect(evaluatePolicies([raw], call()).approval).toEqual({ timeoutSeconds: 3600, onTimeout: 'deny' });
     // allow and deny carry no approval terms.
     expect(evaluatePolicies([policy('d', [rule('no', {}, 'deny')])], call())).not.toHaveProperty('approval');
-    expect(APPROVAL_DEFAULTS).toEqual(POLICY_APPROVAL_DEFAULTS);
+    expect(APPROVAL_DEFAULTS).toEqual({ timeoutSeconds: 3600, onTimeout: 'deny' }); // one copy, used by the schema and the approval desk
   });
 
   test('deterministic: the same policies and call give the same decision, whatever the order, without changing the inputs', () => {

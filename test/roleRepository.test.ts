@@ -2,26 +2,11 @@ import fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Pool } from 'pg';
-import {
-  bootstrapRoles,
-  exportRoleDirectory,
-  importRoleDirectory,
-  keyringEnv,
-  keyringFromEnv,
-  newKey,
-  readKeyFile,
-  RoleDirectoryError,
-  RoleIntegrityError,
-  RoleKeyError,
-  RoleNotFoundError,
-  RoleRepository,
-  RoleRepositoryError,
-  seal,
-  UnknownRoleKeyError,
-  writeKeyFile,
-  type Actor,
-  type RoleKeyring,
-} from '../activities/roles';
+import { bootstrapRoles } from '../infra/roles/bootstrap';
+import { exportRoleDirectory, importRoleDirectory, RoleDirectoryError } from '../infra/roles/directory';
+import { keyringEnv, keyringFromEnv, newKey, readKeyFile, RoleIntegrityError, RoleKeyError, seal, UnknownRoleKeyError, writeKeyFile, type RoleKeyring } from '../infra/crypto/roleCrypto';
+import { RoleNotFoundError, RoleRepository, RoleRepositoryError } from '../infra/db/roleRepository';
+import type { Actor } from '../infra/db/documentStore';
 import { createTestDatabase, testKeyring, type TestDatabase } from './helpers';
 
 const WRITER = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'reps', 'writer', '1.0.0', 'profile.json'), 'utf8')) as Record<string, unknown>;

@@ -5,14 +5,9 @@ import readline from 'node:readline';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { Pool } from 'pg';
 import pino from 'pino';
-import {
-  createRoleActivities,
-  keyringEnv,
-  RoleIntegrityError,
-  RoleRepositoryUnavailableError,
-  RoleService,
-  type LoadRoleInput,
-} from '../activities/roles';
+import { createRoleActivities, type LoadRoleInput } from '../activities/roles';
+import { keyringEnv, RoleIntegrityError } from '../infra/crypto/roleCrypto';
+import { RoleRepositoryUnavailableError, RoleService } from '../infra/roles/roleService';
 import type { LoadedRole } from '../validation';
 import { createTestDatabase, type TestDatabase } from './helpers';
 

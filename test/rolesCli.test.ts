@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Pool } from 'pg';
-import { keyringEnv, newKey, readKeyFile, writeKeyFile, type RoleKeyring } from '../activities/roles';
+import { keyringEnv, newKey, readKeyFile, writeKeyFile, type RoleKeyring } from '../infra/crypto/roleCrypto';
 import { createTestDatabase, type TestDatabase } from './helpers';
 
 // `mare roles …` as users run it: the real CLI from dist/ (npm test builds it first), in a child

@@ -1,5 +1,6 @@
 import semver from 'semver';
 import { z } from 'zod';
+import { APPROVAL_DEFAULTS } from '../core/policy';
 import { GlobField, PatternField } from './patternFields';
 
 /** What a policy says about one call. */
@@ -41,9 +42,6 @@ export interface PolicyDecision {
 
 /** The version of the policy document schema; documents say which one they were written for. */
 export const POLICY_SCHEMA_VERSION = 1;
-
-/** What an escalation waits for when a rule does not say (workflows/policy.ts applies the same). */
-export const POLICY_APPROVAL_DEFAULTS: ApprovalTerms = { timeoutSeconds: 3600, onTimeout: 'deny' };
 
 /** Longest approval wait a rule may ask for: one week. */
 export const POLICY_APPROVAL_MAX_SECONDS = 604_800;
@@ -95,8 +93,8 @@ export const PolicyApproval = z.strictObject({
     .int('must be a whole number of seconds')
     .min(1, `must be between 1 and ${POLICY_APPROVAL_MAX_SECONDS} seconds`)
     .max(POLICY_APPROVAL_MAX_SECONDS, `must be between 1 and ${POLICY_APPROVAL_MAX_SECONDS} seconds`)
-    .default(POLICY_APPROVAL_DEFAULTS.timeoutSeconds),
-  onTimeout: z.enum(['allow', 'deny'], say('must be "allow" or "deny"')).default(POLICY_APPROVAL_DEFAULTS.onTimeout),
+    .default(APPROVAL_DEFAULTS.timeoutSeconds),
+  onTimeout: z.enum(['allow', 'deny'], say('must be "allow" or "deny"')).default(APPROVAL_DEFAULTS.onTimeout),
 });
 
 /** One rule: when it matches, its decision is the policy's verdict on the call. */

@@ -1,6 +1,7 @@
 import { CancellationScope, condition, getExternalWorkflowHandle, log, setHandler, sleep, upsertSearchAttributes } from '@temporalio/workflow';
 import { approvalSignatureError } from '../core/approvalSignature';
 import { oneLine, SEARCH_ATTRIBUTES } from '../core/constants';
+import { APPROVAL_DEFAULTS } from '../core/policy';
 import type { ApprovalDecision, ApprovalTerms, ApprovalView, PendingApprovalNote, PolicyDecision } from '../validation';
 import { bookkeeping as store } from './activityProfiles';
 import { approvalsQuery, decideApprovalUpdate, subtaskApprovalsSignal } from './definitions';
@@ -58,7 +59,7 @@ export class ApprovalDesk {
 
   /** Pauses the call until a person decides or the deadline passes. */
   async request(call: EscalatedCall, decision: PolicyDecision): Promise<ApprovalOutcome> {
-    const terms = decision.approval ?? { timeoutSeconds: 3600, onTimeout: 'deny' as const };
+    const terms = decision.approval ?? APPROVAL_DEFAULTS;
     if (!this.approversPinned) {
       // Pinned at the first escalation (runs without one pay nothing); until then there is nothing to decide.
       this.approvers = await store("pin the approvers' keys").approverKeys();

@@ -3,7 +3,8 @@ import type { ModelRequest, PolicyInput } from '../../validation';
 import { evaluatePolicies } from '../../core/policy';
 import type { ActivityDeps } from '../deps';
 import { detectSensitivity } from '../../infra/secrets';
-import { recordPolicyDecision } from '../store';
+import { recordPolicyDecision } from '../../infra/db/records';
+import { activityKey } from '../idempotency';
 
 /** The role name policies see for the model calls MARE makes itself. */
 export const SYSTEM_CALLER = { plan: 'planner', judge: 'verifier' } as const;
@@ -25,7 +26,7 @@ export async function checkSystemModelCall(deps: Pick<ActivityDeps, 'pool' | 'po
     sensitivity: detectSensitivity(text, deps.redactor),
   };
   const decision = evaluatePolicies(await deps.policies.active(), input);
-  await recordPolicyDecision(deps.pool, deps.redactor, { taskId: req.meta.taskId, subtaskId: req.meta.subtaskId ?? '(plan)', key, kind: 'model', target: input.target, decision });
+  await recordPolicyDecision(deps.pool, deps.redactor, { taskId: req.meta.taskId, subtaskId: req.meta.subtaskId ?? '(plan)', key, kind: 'model', target: input.target, decision }, activityKey());
   if (decision.decision === 'allow') return;
   const why = decision.decision === 'deny' ? 'denied' : "escalated, and only an agent's own calls can wait for a person";
   throw ApplicationFailure.nonRetryable(

@@ -5,7 +5,7 @@ import type { EnforcementDecision, OutcomeReport } from '../../core/supervisor';
 import type { ActivityDeps } from '../deps';
 import { RoleNotFoundError, RoleRepositoryError } from '../../infra/db/roleRepository';
 import { recordEnforcementMetric } from '../metrics';
-import { audit } from '../store';
+import { audit } from '../../infra/db/records';
 import { recordEmbodiment, recordEnforcement, setThrottle, type EmbodimentOutcome } from '../../infra/db/reliabilityStore';
 
 /** One embodiment of a subtask, as the workflow reports it when the subtask ends. */

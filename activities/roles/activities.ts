@@ -2,7 +2,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
 import { DEFAULT_ROLE, DEFAULT_TENANT, type LoadedRole } from '../../validation';
 import type { ActivityDeps } from '../deps';
-import { audit } from '../store';
+import { audit } from '../../infra/db/records';
+import { activityKey } from '../idempotency';
 import { RoleIntegrityError, UnknownRoleKeyError } from '../../infra/crypto/roleCrypto';
 import { availability, routeSubtask } from './router';
 import { RoleRepositoryUnavailableError } from '../../infra/roles/roleService';
@@ -58,12 +59,12 @@ export function createRoleActivities({ pool, roles, logger }: Pick<ActivityDeps,
             source: loaded.source,
             routedBy: loaded.routedBy,
             reason: loaded.fallbackReason ?? null,
-          }),
+          }, activityKey()),
         );
         return loaded;
       } catch (err) {
         if (err instanceof RoleIntegrityError || err instanceof UnknownRoleKeyError) {
-          await bestEffortAudit(logger, () => audit(pool, input.taskId, 'role.rejected', { subtaskId: input.subtaskId, role: err.role, error: err.message }));
+          await bestEffortAudit(logger, () => audit(pool, input.taskId, 'role.rejected', { subtaskId: input.subtaskId, role: err.role, error: err.message }, activityKey()));
           throw ApplicationFailure.nonRetryable(err.message, err.name);
         }
         if (err instanceof RoleRepositoryUnavailableError) throw ApplicationFailure.retryable(err.message, err.name);

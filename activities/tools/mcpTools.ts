@@ -5,10 +5,11 @@ import { storableText, textProblems, TOOL_OUTPUT_HISTORY_LIMIT, type ToolCallCon
 import { atRestOf, type AtRest } from '../../infra/crypto/atRest';
 import { expandArgs } from '../blobRefs';
 import type { ActivityDeps } from '../deps';
-import { activityKey, sha256 } from '../idempotency';
+import { sha256 } from '../../infra/crypto/digest';
+import { activityKey } from '../idempotency';
 import { McpUnavailableError } from '../../infra/mcp/hub';
 import { detectSensitivity } from '../../infra/secrets';
-import { audit, putBlob, recordPolicyDecision } from '../store';
+import { audit, putBlob, recordPolicyDecision } from '../../infra/db/records';
 import type { McpToolEntry } from '../../infra/tools/catalog';
 
 const HEARTBEAT_EVERY_MS = 5_000;
@@ -39,7 +40,7 @@ async function runMcpTool(deps: ActivityDeps, name: string, ctx: ToolCallContext
   if (earlier.rows[0]) return atRest.openJson<ToolResult>(earlier.rows[0].result);
 
   const args = (await expandArgs(pool, rawArgs, atRest)) as Record<string, unknown>;
-  if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: name, decision: ctx.policy });
+  if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: name, decision: ctx.policy }, activityKey());
   const dirty = textProblems(args);
   const heartbeat = setInterval(() => activity.heartbeat(), HEARTBEAT_EVERY_MS);
   let result: ToolResult;
@@ -139,7 +140,7 @@ export async function undoMcpCall(deps: ActivityDeps, entry: McpToolEntry, step:
     if (out.isError) throw ApplicationFailure.retryable(`undo of ${entry.name} with ${entry.server}.${action.tool} failed: ${deps.redactor.redact(out.text.slice(0, 300))}`, 'UndoFailed');
     detail = `${snap.existed ? 'restored' : 'removed'} with ${entry.server}.${action.tool}: ${deps.redactor.redact(out.text.slice(0, 200))}`;
   }
-  await audit(deps.pool, step.taskId, 'compensation.applied', { callKey: step.callKey, tool: entry.name, detail });
+  await audit(deps.pool, step.taskId, 'compensation.applied', { callKey: step.callKey, tool: entry.name, detail }, activityKey());
   return detail;
 }
 

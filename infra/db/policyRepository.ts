@@ -4,7 +4,7 @@ import type { Pool, PoolClient } from 'pg';
 import semver from 'semver';
 import { ZodError } from 'zod';
 import { PolicyDocument, type LoadedPolicy } from '../../validation/policy';
-import type { Actor } from './roleRepository';
+import { DocumentStore, type Actor, type DocumentAuditRow } from './documentStore';
 import { fieldProblems, type FieldProblem } from '../../validation/roleProfile';
 
 /** A policy document that does not validate; `problems` names every offending field. */
@@ -45,15 +45,7 @@ export interface StoredPolicy extends LoadedPolicy {
 }
 
 /** One row of the append-only audit trail. */
-export interface PolicyAuditRow {
-  at: Date;
-  actor: string;
-  action: string;
-  name: string | null;
-  version: string | null;
-  reason: string | null;
-  detail: Record<string, unknown>;
-}
+export type PolicyAuditRow = DocumentAuditRow;
 
 /** Parses a policy document; throws PolicyValidationError naming each bad field. */
 export function parsePolicyDocument(input: unknown): PolicyDocument {
@@ -97,8 +89,6 @@ const SELECT_VERSIONS = `SELECT v.name, v.version, v.schema_version, v.checksum,
     h.latest, h.disabled_at, h.disabled_reason
   FROM policy_versions v LEFT JOIN policy_heads h ON h.name = v.name`;
 
-type Queryable = Pick<Pool, 'query'> | PoolClient;
-
 /** Code-point order of names: the order evaluatePolicies takes policies in. */
 export function byName(a: { name: string }, b: { name: string }): number {
   return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
@@ -111,31 +101,32 @@ export function byName(a: { name: string }, b: { name: string }): number {
  * listen on.
  */
 export class PolicyRepository {
-  constructor(private readonly pool: Pool) {}
+  private readonly store: DocumentStore<VersionRow, StoredPolicy>;
+
+  constructor(pool: Pool) {
+    this.store = new DocumentStore(pool, {
+      kind: 'policy',
+      selectVersions: SELECT_VERSIONS,
+      decode: stored,
+      deprecation: false,
+      flag: { column: 'disabled', on: 'disable', off: 'enable', auditLatest: true },
+      notFound: (message) => new PolicyNotFoundError(message),
+      refused: (message) => new PolicyRepositoryError(message),
+    });
+  }
 
   /** Validates and publishes one version; `latest` moves to it if it is higher. A disabled policy stays disabled. */
   async publish(input: unknown, who: Actor): Promise<StoredPolicy> {
     const document = parsePolicyDocument(input);
     return this.inTransaction(async (db) => {
       await this.insertVersion(db, document, who);
-      return (await this.getExact(db, document.name, document.version))!;
+      return (await this.store.getExact(db, document.name, document.version))!;
     });
   }
 
   /** A version by exact version, semver range (the highest satisfying) or `latest` (the default); undefined if none. */
   async get(name: string, spec = 'latest'): Promise<StoredPolicy | undefined> {
-    if (spec === 'latest') {
-      const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.name = $1 AND v.version = h.latest`, [name]);
-      return rows[0] && stored(rows[0]);
-    }
-    if (semver.valid(spec)) return this.getExact(this.pool, name, spec);
-    if (!semver.validRange(spec)) throw new PolicyRepositoryError(`"${spec}" is not a version, a semver range or "latest"`);
-    const { rows } = await this.pool.query<{ version: string }>('SELECT version FROM policy_versions WHERE name = $1', [name]);
-    const best = semver.maxSatisfying(
-      rows.map((r) => r.version),
-      spec,
-    );
-    return best ? this.getExact(this.pool, name, best) : undefined;
+    return this.store.get(name, spec);
   }
 
   /** Like get, but a miss is a PolicyNotFoundError naming what was asked for. */
@@ -147,19 +138,18 @@ export class PolicyRepository {
 
   /** The latest version of every policy, disabled ones included (flagged), by name. */
   async list(): Promise<StoredPolicy[]> {
-    const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.version = h.latest`);
-    return rows.map(stored).sort(byName);
+    return (await this.store.rows('WHERE v.version = h.latest')).map(stored).sort(byName);
   }
 
   /** Every version of one policy, oldest first. */
   async versions(name: string): Promise<StoredPolicy[]> {
-    const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.name = $1`, [name]);
+    const rows = await this.store.rows('WHERE v.name = $1', [name]);
     return rows.map(stored).sort((a, b) => semver.compare(a.version, b.version));
   }
 
   /** The policies in force: the latest version of every policy that is not disabled, by name. */
   async active(): Promise<LoadedPolicy[]> {
-    const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.version = h.latest AND h.disabled_at IS NULL`);
+    const rows = await this.store.rows('WHERE v.version = h.latest AND h.disabled_at IS NULL');
     return rows.map((r) => {
       const { name, version, checksum, document } = stored(r);
       return { name, version, checksum, document };
@@ -168,97 +158,41 @@ export class PolicyRepository {
 
   /** The audit trail, oldest first; optionally for one policy. */
   async history(name?: string): Promise<PolicyAuditRow[]> {
-    const { rows } = await this.pool.query<PolicyAuditRow>(
-      `SELECT at, actor, action, name, version, reason, detail FROM policy_audit ${name ? 'WHERE name = $1' : ''} ORDER BY id`,
-      name ? [name] : [],
-    );
-    return rows;
+    return this.store.auditTrail(name);
   }
 
   /** Moves `latest` back to the highest version below it. */
   async rollback(name: string, who: Actor): Promise<{ from: string; to: string }> {
-    return this.inTransaction(async (db) => {
-      const head = await db.query<{ latest: string }>('SELECT latest FROM policy_heads WHERE name = $1 FOR UPDATE', [name]);
-      const from = head.rows[0]?.latest;
-      if (!from) throw new PolicyNotFoundError(`no policy ${name}`);
-      const { rows } = await db.query<{ version: string }>('SELECT version FROM policy_versions WHERE name = $1', [name]);
-      const to = semver.rsort(rows.map((r) => r.version).filter((v) => semver.lt(v, from)))[0];
-      if (!to) throw new PolicyRepositoryError(`${name}@${from} has no earlier version to roll back to`);
-      await db.query('UPDATE policy_heads SET latest = $2, updated_at = now() WHERE name = $1', [name, to]);
-      await writePolicyAudit(db, who, 'rollback', name, to, { from, to });
-      return { from, to };
-    });
+    return this.store.rollback(name, who);
   }
 
   /** Disables a policy: none of its versions is evaluated until it is enabled again. */
   async disable(name: string, who: Actor): Promise<void> {
-    await this.setDisabled(name, who, true);
+    await this.store.setFlag(name, who, true);
   }
 
   /** Puts a disabled policy (its latest version) back in force. */
   async enable(name: string, who: Actor): Promise<void> {
-    await this.setDisabled(name, who, false);
+    await this.store.setFlag(name, who, false);
   }
 
   /** Inserts one version in an open transaction; `latest` moves to it if it is higher than the current one. */
   async insertVersion(db: PoolClient, document: PolicyDocument, who: Actor): Promise<void> {
-    const id = `${document.name}@${document.version}`;
     const checksum = policyChecksum(document);
-    const inserted = await db.query(
-      `INSERT INTO policy_versions (name, version, schema_version, checksum, document, published_by)
-       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
-      [document.name, document.version, document.schemaVersion, checksum, JSON.stringify(document), who.actor],
-    );
-    if (!inserted.rowCount) {
-      const { rows } = await db.query<{ checksum: string }>('SELECT checksum FROM policy_versions WHERE name = $1 AND version = $2', [document.name, document.version]);
-      const same = rows[0]?.checksum === checksum;
-      throw new PolicyRepositoryError(
-        `${id} is already published${same ? ' with the same content' : ` with different content (checksum ${rows[0]?.checksum.slice(0, 12)}…)`}; published versions are immutable, publish a new version`,
-      );
-    }
-    const head = await db.query<{ latest: string }>('SELECT latest FROM policy_heads WHERE name = $1 FOR UPDATE', [document.name]);
-    const current = head.rows[0]?.latest;
-    const moves = !current || semver.gt(document.version, current);
-    if (!current) await db.query('INSERT INTO policy_heads (name, latest) VALUES ($1, $2)', [document.name, document.version]);
-    else if (moves) await db.query('UPDATE policy_heads SET latest = $2, updated_at = now() WHERE name = $1', [document.name, document.version]);
-    await writePolicyAudit(db, who, 'publish', document.name, document.version, { checksum, latest: moves, ...(current ? { previous: current } : {}) });
+    const { previous, moved } = await this.store.insertVersion(db, {
+      name: document.name,
+      version: document.version,
+      schema_version: document.schemaVersion,
+      checksum,
+      document: JSON.stringify(document),
+      published_by: who.actor,
+    });
+    await this.store.audit(db, who, 'publish', document.name, document.version, { checksum, latest: moved, ...(previous ? { previous } : {}) });
   }
 
   /** Runs `fn` in one transaction on one connection. */
   async inTransaction<T>(fn: (db: PoolClient) => Promise<T>): Promise<T> {
-    const db = await this.pool.connect();
-    try {
-      await db.query('BEGIN');
-      const out = await fn(db);
-      await db.query('COMMIT');
-      return out;
-    } catch (err) {
-      await db.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      db.release();
-    }
-  }
-
-  private async getExact(db: Queryable, name: string, version: string): Promise<StoredPolicy | undefined> {
-    const { rows } = await db.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.name = $1 AND v.version = $2`, [name, version]);
-    return rows[0] && stored(rows[0]);
-  }
-
-  private async setDisabled(name: string, who: Actor, disabled: boolean): Promise<void> {
-    await this.inTransaction(async (db) => {
-      const { rows } = await db.query<{ latest: string; disabled_at: Date | null }>('SELECT latest, disabled_at FROM policy_heads WHERE name = $1 FOR UPDATE', [name]);
-      const head = rows[0];
-      if (!head) throw new PolicyNotFoundError(`no policy ${name}`);
-      if (Boolean(head.disabled_at) === disabled) throw new PolicyRepositoryError(`${name} is ${disabled ? 'already' : 'not'} disabled`);
-      await db.query(
-        disabled
-          ? 'UPDATE policy_heads SET disabled_at = now(), disabled_reason = $2, updated_at = now() WHERE name = $1'
-          : 'UPDATE policy_heads SET disabled_at = NULL, disabled_reason = NULL, updated_at = now() WHERE name = $1',
-        disabled ? [name, who.reason ?? ''] : [name],
-      );
-      await writePolicyAudit(db, who, disabled ? 'disable' : 'enable', name, head.latest, {});
-    });
+    return this.store.inTransaction(fn);
   }
 }
 
@@ -278,16 +212,4 @@ function stored(row: VersionRow): StoredPolicy {
     latest: row.latest === row.version,
     ...(row.disabled_at ? { disabled: { at: row.disabled_at, reason: row.disabled_reason ?? '' } } : {}),
   };
-}
-
-/** Writes one append-only audit row of the policy repository. */
-export async function writePolicyAudit(db: Queryable, who: Actor, action: string, name: string | null, version: string | null, detail: object): Promise<void> {
-  await db.query('INSERT INTO policy_audit (actor, action, name, version, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)', [
-    who.actor,
-    action,
-    name,
-    version,
-    who.reason ?? null,
-    JSON.stringify(detail),
-  ]);
 }

@@ -1,15 +1,10 @@
 import type { Pool, PoolClient } from 'pg';
 import semver from 'semver';
+import { DocumentStore, type Actor, type DocumentAuditRow, type Queryable } from './documentStore';
 import type { RoleProfile, RoleProfileSource } from '../../validation';
 import { open, RoleIntegrityError, seal, UnknownRoleKeyError, type RoleKeyring } from '../crypto/roleCrypto';
 import { parseRoleSource, resolveRoleProfile, roleChecksum, splitRoleRef, type ParentLookup } from '../../validation/roleProfile';
 import { globMatches } from '../../core/patterns';
-
-/** Who does a change, and why: every change writes one append-only audit row with both. */
-export interface Actor {
-  actor: string;
-  reason?: string;
-}
 
 /** A published version, decrypted and checked. */
 export interface StoredRole {
@@ -74,15 +69,7 @@ export interface RoleListFilter {
 }
 
 /** One row of the repository's audit trail. */
-export interface RoleAuditRow {
-  at: Date;
-  actor: string;
-  action: string;
-  name: string | null;
-  version: string | null;
-  reason: string | null;
-  detail: Record<string, unknown>;
-}
+export type RoleAuditRow = DocumentAuditRow;
 
 /** A repository change that is not allowed (already published, nothing to roll back to, …). */
 export class RoleRepositoryError extends Error {
@@ -116,18 +103,28 @@ const SELECT_VERSIONS = `
          v.deprecated_at, v.deprecated_reason, h.latest, h.suspended_at, h.suspended_reason
   FROM role_versions v LEFT JOIN role_heads h ON h.name = v.name`;
 
-type Queryable = Pick<Pool, 'query'> | PoolClient;
-
 /**
  * The REP repository in PostgreSQL: publish (immutable, checksummed, encrypted), get by exact
  * version, semver range or `latest`, list, diff, deprecate, roll back, suspend, rotate keys. Reads
  * decrypt and verify the checksum, so a changed row is never used.
  */
 export class RoleRepository {
+  private readonly store: DocumentStore<VersionRow, StoredRole>;
+
   constructor(
     private readonly pool: Pool,
     private readonly keyring: RoleKeyring,
-  ) {}
+  ) {
+    this.store = new DocumentStore(pool, {
+      kind: 'role',
+      selectVersions: SELECT_VERSIONS,
+      decode: (row) => this.decrypt(row),
+      deprecation: true,
+      flag: { column: 'suspended', on: 'suspend', off: 'reinstate', auditLatest: false },
+      notFound: (message) => new RoleNotFoundError(message),
+      refused: (message) => new RoleRepositoryError(message),
+    });
+  }
 
   /** Validates, resolves `extends`, encrypts and publishes one version; `latest` moves if it is the highest. */
   async publish(input: unknown, who: Actor, resolveParent?: ParentLookup): Promise<StoredRole> {
@@ -135,21 +132,13 @@ export class RoleRepository {
     const profile = await resolveRoleProfile(source, resolveParent ?? ((name, spec) => this.lookupProfile(name, spec)));
     return this.inTransaction(async (db) => {
       await this.insertVersion(db, source, profile, who);
-      return (await this.getExact(db, source.name, source.version))!;
+      return (await this.store.getExact(db, source.name, source.version))!;
     });
   }
 
   /** Decrypted version by exact version, semver range, or `latest` (the default); undefined if none. */
   async get(name: string, spec = 'latest'): Promise<StoredRole | undefined> {
-    if (spec === 'latest') {
-      const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.name = $1 AND v.version = h.latest`, [name]);
-      return rows[0] && this.decrypt(rows[0]);
-    }
-    if (semver.valid(spec)) return this.getExact(this.pool, name, spec);
-    if (!semver.validRange(spec)) throw new RoleRepositoryError(`"${spec}" is not a version, a semver range or "latest"`);
-    const versions = (await this.versions(name)).filter((v) => !v.deprecatedAt).map((v) => v.version);
-    const best = semver.maxSatisfying(versions, spec);
-    return best ? this.getExact(this.pool, name, best) : undefined;
+    return this.store.get(name, spec);
   }
 
   /** Like get, but a miss is a RoleNotFoundError naming what was asked for. */
@@ -161,7 +150,7 @@ export class RoleRepository {
 
   /** Every version of a role, oldest first, without decrypting. */
   async versions(name: string): Promise<RoleVersionInfo[]> {
-    const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.name = $1`, [name]);
+    const rows = await this.store.rows('WHERE v.name = $1', [name]);
     return rows.map(info).sort((a, b) => semver.compare(a.version, b.version));
   }
 
@@ -171,7 +160,7 @@ export class RoleRepository {
    */
   async list(filter: RoleListFilter = {}, onUnreadable?: (role: RoleVersionInfo, err: RoleIntegrityError | UnknownRoleKeyError) => void): Promise<StoredRole[]> {
     const where = filter.allVersions ? '' : 'WHERE v.version = h.latest';
-    const { rows } = await this.pool.query<VersionRow>(`${SELECT_VERSIONS} ${where}`);
+    const rows = await this.store.rows(where);
     const nameMatches = filter.name ? (name: string) => globMatches(filter.name!, name) : () => true;
     // A deprecated latest is still the role's latest: it is listed (flagged), not hidden.
     const roles = rows
@@ -206,23 +195,13 @@ export class RoleRepository {
         const exists = await db.query('SELECT 1 FROM role_versions WHERE name = $1 AND version = $2', [name, version]);
         throw exists.rowCount ? new RoleRepositoryError(`${name}@${version} is already deprecated`) : new RoleNotFoundError(`no role ${name}@${version}`);
       }
-      await writeAudit(db, who, 'deprecate', name, version, {});
+      await this.store.audit(db, who, 'deprecate', name, version, {});
     });
   }
 
   /** Moves `latest` back to the highest non-deprecated version below it. */
   async rollback(name: string, who: Actor): Promise<{ from: string; to: string }> {
-    return this.inTransaction(async (db) => {
-      const head = await db.query<{ latest: string }>('SELECT latest FROM role_heads WHERE name = $1 FOR UPDATE', [name]);
-      const from = head.rows[0]?.latest;
-      if (!from) throw new RoleNotFoundError(`no role ${name}`);
-      const { rows } = await db.query<{ version: string }>('SELECT version FROM role_versions WHERE name = $1 AND deprecated_at IS NULL', [name]);
-      const to = semver.rsort(rows.map((r) => r.version).filter((v) => semver.lt(v, from)))[0];
-      if (!to) throw new RoleRepositoryError(`${name}@${from} has no earlier (non-deprecated) version to roll back to`);
-      await db.query('UPDATE role_heads SET latest = $2, updated_at = now() WHERE name = $1', [name, to]);
-      await writeAudit(db, who, 'rollback', name, to, { from, to });
-      return { from, to };
-    });
+    return this.store.rollback(name, who);
   }
 
   /**
@@ -230,13 +209,13 @@ export class RoleRepository {
    * tenant for every tenant (the role's flag); with one for that tenant's subtasks only.
    */
   async suspend(name: string, who: Actor, tenant?: string): Promise<void> {
-    if (tenant === undefined) await this.setSuspended(name, who, true);
+    if (tenant === undefined) await this.store.setFlag(name, who, true);
     else await this.setTenantSuspended(name, tenant, who, true);
   }
 
   /** Lifts a suspension: the global one, or one tenant's. */
   async reinstate(name: string, who: Actor, tenant?: string): Promise<void> {
-    if (tenant === undefined) await this.setSuspended(name, who, false);
+    if (tenant === undefined) await this.store.setFlag(name, who, false);
     else await this.setTenantSuspended(name, tenant, who, false);
   }
 
@@ -262,7 +241,7 @@ export class RoleRepository {
    */
   async rotate(who: Actor): Promise<{ rotated: number; keyId: string }> {
     return this.inTransaction(async (db) => {
-      const { rows } = await db.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.key_id <> $1 FOR UPDATE OF v`, [this.keyring.activeKeyId]);
+      const rows = await this.store.rows('WHERE v.key_id <> $1 FOR UPDATE OF v', [this.keyring.activeKeyId], db);
       for (const row of rows) {
         const stored = this.decrypt(row);
         const sealed = seal(this.keyring, `${row.name}@${row.version}`, bodyOf(stored.source, stored.profile));
@@ -275,18 +254,14 @@ export class RoleRepository {
           sealed.ciphertext,
         ]);
       }
-      await writeAudit(db, who, 'rotate-key', null, null, { keyId: this.keyring.activeKeyId, rotated: rows.length });
+      await this.store.audit(db, who, 'rotate-key', null, null, { keyId: this.keyring.activeKeyId, rotated: rows.length });
       return { rotated: rows.length, keyId: this.keyring.activeKeyId };
     });
   }
 
   /** The audit trail, oldest first; optionally for one role. */
   async auditTrail(name?: string): Promise<RoleAuditRow[]> {
-    const { rows } = await this.pool.query<RoleAuditRow>(
-      `SELECT at, actor, action, name, version, reason, detail FROM role_audit ${name ? 'WHERE name = $1' : ''} ORDER BY id`,
-      name ? [name] : [],
-    );
-    return rows;
+    return this.store.auditTrail(name);
   }
 
   /**
@@ -294,81 +269,35 @@ export class RoleRepository {
    * if it is the highest, unless `moveLatest` is false (import sets `latest` from its index instead).
    */
   async insertVersion(db: PoolClient, source: RoleProfileSource, profile: RoleProfile, who: Actor, moveLatest = true): Promise<void> {
-    const id = `${source.name}@${source.version}`;
     const checksum = roleChecksum(source);
-    const sealed = seal(this.keyring, id, bodyOf(source, profile));
-    const inserted = await db.query(
-      `INSERT INTO role_versions (name, version, schema_version, checksum, key_id, iv, auth_tag, ciphertext, published_by)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
-      [source.name, source.version, profile.schemaVersion, checksum, sealed.keyId, sealed.iv, sealed.authTag, sealed.ciphertext, who.actor],
+    const sealed = seal(this.keyring, `${source.name}@${source.version}`, bodyOf(source, profile));
+    await this.store.insertVersion(
+      db,
+      { name: source.name, version: source.version, schema_version: profile.schemaVersion, checksum, key_id: sealed.keyId, iv: sealed.iv, auth_tag: sealed.authTag, ciphertext: sealed.ciphertext, published_by: who.actor },
+      moveLatest,
     );
-    if (!inserted.rowCount) {
-      const { rows } = await db.query<{ checksum: string }>('SELECT checksum FROM role_versions WHERE name = $1 AND version = $2', [source.name, source.version]);
-      const same = rows[0]?.checksum === checksum;
-      throw new RoleRepositoryError(
-        `${id} is already published${same ? ' with the same content' : ` with different content (checksum ${rows[0]?.checksum.slice(0, 12)}…)`}; published versions are immutable, publish a new version`,
-      );
-    }
-    // latest moves to the new version only if it is higher than the current one.
-    await db.query(
-      `INSERT INTO role_heads (name, latest) VALUES ($1, $2)
-       ON CONFLICT (name) DO UPDATE SET latest = EXCLUDED.latest, updated_at = now()
-       WHERE $3::boolean`,
-      [source.name, source.version, moveLatest && (await this.isNewHighest(db, source.name, source.version))],
-    );
-    await writeAudit(db, who, 'publish', source.name, source.version, { checksum, keyId: sealed.keyId, extends: profile.extends ?? null });
+    await this.store.audit(db, who, 'publish', source.name, source.version, { checksum, keyId: sealed.keyId, extends: profile.extends ?? null });
   }
 
   /** Runs `fn` in one transaction on one connection. */
   async inTransaction<T>(fn: (db: PoolClient) => Promise<T>): Promise<T> {
-    const db = await this.pool.connect();
-    try {
-      await db.query('BEGIN');
-      const out = await fn(db);
-      await db.query('COMMIT');
-      return out;
-    } catch (err) {
-      await db.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      db.release();
-    }
+    return this.store.inTransaction(fn);
+  }
+
+  /** Writes one append-only audit row of the repository (import's own changes). */
+  async audit(db: Queryable, who: Actor, action: string, name: string | null, version: string | null, detail: object): Promise<void> {
+    await this.store.audit(db, who, action, name, version, detail);
   }
 
   /** The resolved profile of a published parent, for `extends`. */
   async lookupProfile(name: string, spec: string | undefined, db: Queryable = this.pool): Promise<RoleProfile | undefined> {
-    if (spec && semver.valid(spec)) return (await this.getExact(db, name, spec))?.profile;
+    if (spec && semver.valid(spec)) return (await this.store.getExact(db, name, spec))?.profile;
     return (await this.get(name, spec ?? 'latest'))?.profile;
   }
 
   private async requireRef(ref: string): Promise<StoredRole> {
     const { name, spec } = splitRoleRef(ref);
     return this.require(name, spec ?? 'latest');
-  }
-
-  private async getExact(db: Queryable, name: string, version: string): Promise<StoredRole | undefined> {
-    const { rows } = await db.query<VersionRow>(`${SELECT_VERSIONS} WHERE v.name = $1 AND v.version = $2`, [name, version]);
-    return rows[0] && this.decrypt(rows[0]);
-  }
-
-  private async isNewHighest(db: PoolClient, name: string, version: string): Promise<boolean> {
-    const { rows } = await db.query<{ latest: string }>('SELECT latest FROM role_heads WHERE name = $1 FOR UPDATE', [name]);
-    return !rows[0] || semver.gt(version, rows[0].latest);
-  }
-
-  private async setSuspended(name: string, who: Actor, suspended: boolean): Promise<void> {
-    await this.inTransaction(async (db) => {
-      const { rows } = await db.query<{ suspended_at: Date | null }>('SELECT suspended_at FROM role_heads WHERE name = $1 FOR UPDATE', [name]);
-      if (!rows[0]) throw new RoleNotFoundError(`no role ${name}`);
-      if (Boolean(rows[0].suspended_at) === suspended) throw new RoleRepositoryError(`${name} is ${suspended ? 'already' : 'not'} suspended`);
-      await db.query(
-        suspended
-          ? 'UPDATE role_heads SET suspended_at = now(), suspended_reason = $2, updated_at = now() WHERE name = $1'
-          : 'UPDATE role_heads SET suspended_at = NULL, suspended_reason = NULL, updated_at = now() WHERE name = $1',
-        suspended ? [name, who.reason ?? ''] : [name],
-      );
-      await writeAudit(db, who, suspended ? 'suspend' : 'reinstate', name, null, {});
-    });
   }
 
   private async setTenantSuspended(name: string, tenant: string, who: Actor, suspended: boolean): Promise<void> {
@@ -382,7 +311,7 @@ export class RoleRepository {
          ON CONFLICT (role, tenant) DO UPDATE SET suspended_at = EXCLUDED.suspended_at, suspended_reason = EXCLUDED.suspended_reason, updated_at = now()`,
         [name, tenant, suspended, who.reason ?? ''],
       );
-      await writeAudit(db, who, suspended ? 'suspend' : 'reinstate', name, null, { tenant });
+      await this.store.audit(db, who, suspended ? 'suspend' : 'reinstate', name, null, { tenant });
     });
   }
 
@@ -427,18 +356,6 @@ function info(r: VersionRow): RoleVersionInfo {
     suspendedAt: r.suspended_at,
     suspendedReason: r.suspended_reason,
   };
-}
-
-/** Writes one append-only audit row of the repository. */
-export async function writeAudit(db: Queryable, who: Actor, action: string, name: string | null, version: string | null, detail: object): Promise<void> {
-  await db.query('INSERT INTO role_audit (actor, action, name, version, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)', [
-    who.actor,
-    action,
-    name,
-    version,
-    who.reason ?? null,
-    JSON.stringify(detail),
-  ]);
 }
 
 /** Top-level fields whose values differ (compared as JSON), in the order of the profile schema. */

@@ -1,8 +1,10 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import type { Pool } from 'pg';
 import type { Logger } from 'pino';
 import { projectRoot } from '../paths';
 import { parsePolicyDocument, type PolicyRepository } from '../db/policyRepository';
+import { PolicyService, type PolicyServiceOptions } from './policyService';
 
 /** The policy shipped with MARE. */
 export function bundledPolicyFile(): string {
@@ -30,4 +32,12 @@ export async function bootstrapPolicies(repo: PolicyRepository, logger?: Logger)
   });
   if (published) logger?.info({ policy: published }, 'published the bundled default policy');
   return published;
+}
+
+/** The policy service a worker uses: the bundled default policy published, change notifications listened to. */
+export async function openPolicyService(opts: { pool: Pool; logger?: Logger } & Partial<PolicyServiceOptions>): Promise<PolicyService> {
+  const service = new PolicyService(opts);
+  await bootstrapPolicies(service.repository, opts.logger);
+  await service.start();
+  return service;
 }

@@ -1,9 +1,12 @@
 import path from 'node:path';
+import type { Pool } from 'pg';
 import type { Logger } from 'pino';
 import { BUILTIN_TOOLS, ROLE_SCHEMA_VERSION } from '../../validation';
 import { projectRoot } from '../paths';
 import { importRoleDirectory, type ImportReport } from './directory';
 import { RoleRepositoryError, type RoleRepository } from '../db/roleRepository';
+import type { RoleKeyring } from '../crypto/roleCrypto';
+import { roleCacheOptionsFromEnv, RoleService, type RoleServiceOptions } from './roleService';
 import { parseRoleSource, resolveRoleProfile } from '../../validation/roleProfile';
 
 /** The default roles shipped with MARE, in the seed layout. */
@@ -56,4 +59,15 @@ function upgradeLegacyProfile(profile: Record<string, unknown>): Record<string, 
       )
     : profile.tools;
   return { ...profile, schemaVersion: ROLE_SCHEMA_VERSION, tools };
+}
+
+/**
+ * The role service a worker uses: bundled defaults and first-release roles published, change
+ * notifications listened to. Cache settings come from the environment unless given.
+ */
+export async function openRoleService(opts: { pool: Pool; keyring: RoleKeyring; logger?: Logger } & Partial<RoleServiceOptions>): Promise<RoleService> {
+  const service = new RoleService({ ...roleCacheOptionsFromEnv(), ...opts });
+  await bootstrapRoles(service.repository, opts.logger);
+  await service.start();
+  return service;
 }

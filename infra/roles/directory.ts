@@ -3,7 +3,8 @@ import path from 'node:path';
 import semver from 'semver';
 import { z } from 'zod';
 import { ROLE_SCHEMA_VERSION, type RoleProfile, type RoleProfileSource } from '../../validation';
-import { RoleRepositoryError, writeAudit, type Actor, type RoleRepository } from '../db/roleRepository';
+import type { Actor } from '../db/documentStore';
+import { RoleRepositoryError, type RoleRepository } from '../db/roleRepository';
 import { parseRoleSource, resolveRoleProfile, roleChecksum, RoleValidationError, splitRoleRef } from '../../validation/roleProfile';
 
 /**
@@ -188,7 +189,7 @@ export async function importRoleDirectory(
           entry.source.version,
           entry.deprecated,
         ]);
-        await writeAudit(db, { actor: who.actor, reason: entry.deprecated }, 'deprecate', entry.source.name, entry.source.version, { import: dir });
+        await repo.audit(db, { actor: who.actor, reason: entry.deprecated }, 'deprecate', entry.source.name, entry.source.version, { import: dir });
         report.deprecated.push(id);
       }
     }
@@ -198,7 +199,7 @@ export async function importRoleDirectory(
       const current = (await db.query<{ latest: string }>('SELECT latest FROM role_heads WHERE name = $1', [name])).rows[0]?.latest;
       if (current && current !== head && (!heads.has(name) || semver.gt(head, current))) {
         await db.query('UPDATE role_heads SET latest = $2, updated_at = now() WHERE name = $1', [name, head]);
-        await writeAudit(db, who, 'set-latest', name, head, { from: current, to: head, import: dir });
+        await repo.audit(db, who, 'set-latest', name, head, { from: current, to: head, import: dir });
       }
     }
   });

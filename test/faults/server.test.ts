@@ -6,7 +6,7 @@ import { MareClient } from '../../client/client';
 import { subtaskWorkflowId, TASK_QUEUE, taskWorkflowId, type TaskResult } from '../../validation';
 import { findFreePort } from '../../dev/stack';
 import { resolveTemporalCli, startTemporalDevServer, type TemporalDevServer } from '../../dev/temporal';
-import { keyringEnv } from '../../activities/roles';
+import { keyringEnv } from '../../infra/crypto/roleCrypto';
 import { createTestDatabase, planReply, toolCall, type ScriptInput } from '../helpers';
 import { activityRuns, assertBuilt, historyFor, killWorkerProcesses, sleep, startWorkerProcess, taskWorkflowIds, waitFor, workflowTaskFailures, type ActivityRun } from './helpers';
 

@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import picomatch from 'picomatch';
 import pino from 'pino';
 import { createModelClient } from '../../infra/models/model';
-import { policyChecksum } from '../../activities/policy';
+import { policyChecksum } from '../../infra/db/policyRepository';
 import { routeSubtask } from '../../activities/roles/router';
 import { createVerifyActivities } from '../../activities/verify';
 import { Criterion, RoleProfile, TaskRequest, type Criterion as CriterionT, type Verdict } from '../../validation';
