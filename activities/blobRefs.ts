@@ -1,6 +1,7 @@
 import type { Pool } from 'pg';
 import { isBlobRef, looksLikeBlobRef, type BlobRef } from '../core/blobRef';
-import { TOOL_OUTPUT_HISTORY_LIMIT, type ChatMessage, type ToolCall } from '../validation';
+import { type ChatMessage, type ToolCall } from '../validation';
+import { TOOL_OUTPUT_HISTORY_LIMIT } from '../core/constants';
 import type { AtRest } from '../infra/crypto/atRest';
 import { loadBlob, putBlob } from '../infra/db/records';
 

@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
 import type { Pool } from 'pg';
-import { subtaskWorkflowId, TASK_SCOPE, type ToolResult } from '../validation';
+import { type ToolResult } from '../validation';
+import { subtaskWorkflowId, TASK_SCOPE } from '../core/constants';
 import type { AtRest } from '../infra/crypto/atRest';
 import { sha256 } from '../infra/crypto/digest';
 import { runSandboxed } from '../infra/sandbox';

@@ -7,7 +7,6 @@ import {
   storableText,
   textProblem,
   textProblems,
-  TOOL_OUTPUT_HISTORY_LIMIT,
   WorkspaceListArgs,
   WorkspaceReadArgs,
   WorkspaceWriteArgs,
@@ -15,6 +14,7 @@ import {
   type ToolResult,
   type UndoStep,
 } from '../validation';
+import { TOOL_OUTPUT_HISTORY_LIMIT } from '../core/constants';
 import type { ActivityDeps } from './deps';
 import { audit, putBlob, recordPolicyDecision } from '../infra/db/records';
 import { atRestOf } from '../infra/crypto/atRest';

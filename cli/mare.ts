@@ -33,7 +33,8 @@ import { DeploymentConfigError, deploymentFromEnv, setCurrentVersion } from '../
 import { PayloadIntegrityError, PayloadKeyError, payloadKeyringFromEnv } from '../infra/crypto/payloadCodec';
 import { dataDir } from '../infra/paths';
 import { runWorkerFromEnv, writeWorkflowBundle } from '../workers/worker';
-import { QUEUE_KINDS, type QueueKind, type TaskProgress } from '../validation';
+import { type TaskProgress } from '../validation';
+import { QUEUE_KINDS, type QueueKind } from '../core/constants';
 
 const print = (line = ''): void => void process.stdout.write(`${line}\n`);
 

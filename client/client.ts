@@ -14,20 +14,17 @@ import { ApplicationFailure, CancelledFailure, type DataConverter, type QueryDef
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { z } from 'zod';
 import {
-  oneLine,
-  SEARCH_ATTRIBUTES,
-  TASK_QUEUE,
   TaskId,
   type TaskRequest,
   TaskRequestFields,
   checkText,
-  taskWorkflowId,
   type ApprovalDecision,
   type ApprovalView,
   type SubtaskProgress,
   type TaskProgress,
   type TaskResult,
 } from '../validation';
+import { oneLine, SEARCH_ATTRIBUTES, TASK_QUEUE, taskWorkflowId } from '../core/constants';
 import { approvalsQuery, decideApprovalUpdate, progressQuery, subtaskProgressQuery, taskResultQuery } from '../workflows/definitions';
 import type { orchestrateTask } from '../workflows';
 import { signApproval } from '../infra/crypto/approvalSigning';

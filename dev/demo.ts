@@ -1,5 +1,6 @@
 import { Client, Connection } from '@temporalio/client';
-import { TASK_QUEUE, type TaskProgress } from '../validation';
+import { type TaskProgress } from '../validation';
+import { TASK_QUEUE } from '../core/constants';
 import path from 'node:path';
 import { createLogger, processRedactor } from '../workers/logger';
 import { workspaceRootFromEnv } from '../workers/worker';

@@ -3,7 +3,8 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { ServiceError, WorkflowNotFoundError } from '@temporalio/client';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
-import { SEARCH_ATTRIBUTES, TaskId } from '../validation';
+import { TaskId } from '../validation';
+import { SEARCH_ATTRIBUTES } from '../core/constants';
 import {
   ApprovalNotFoundError,
   ApprovalRejectedError,

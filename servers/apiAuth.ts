@@ -1,6 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { WorkflowNotFoundError, type WorkflowExecutionDescription } from '@temporalio/client';
-import { SEARCH_ATTRIBUTES, taskWorkflowId, type ApprovalView } from '../validation';
+import { type ApprovalView } from '../validation';
+import { SEARCH_ATTRIBUTES, taskWorkflowId } from '../core/constants';
 import { ApiKeyRejectedError, bootstrapPrincipal, hasScope, type ApiKeyStore, type ApiScope, type Principal } from '../infra/db/apiKeys';
 import { TaskNotFoundError, type MareClient, type SubmitTaskInput } from '../client/client';
 import { HttpError, sha256 } from './httpKit';

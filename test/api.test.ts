@@ -7,7 +7,8 @@ import { Client, Connection } from '@temporalio/client';
 import pino from 'pino';
 import { closeApiServer, createApiServer } from '../servers/api';
 import { MareClient, type TaskView } from '../client/client';
-import { TASK_QUEUE, taskWorkflowId, type ApprovalView, type TaskProgress, type TaskResult } from '../validation';
+import { type ApprovalView, type TaskProgress, type TaskResult } from '../validation';
+import { TASK_QUEUE, taskWorkflowId } from '../core/constants';
 import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 // The real `mare` command from dist/ (npm test builds it first).

@@ -9,7 +9,7 @@ import pino from 'pino';
 import { newKey, type Keyring } from '../infra/crypto/keyring';
 import { createCodecServer } from '../servers/codecServer';
 import { listen } from '../servers/httpKit';
-import { taskWorkflowId } from '../validation';
+import { taskWorkflowId } from '../core/constants';
 import { EncryptionCodec, ENCRYPTED_ENCODING, KEY_ID_METADATA, PayloadIntegrityError, PayloadKeyError, payloadKeyringFromEnv } from '../infra/crypto/payloadCodec';
 import { resolveTemporalCli } from '../dev/temporal';
 import { createTestStack, historyOf, planReply, type ScriptInput, type TestStack } from './helpers';

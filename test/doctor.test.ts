@@ -5,7 +5,7 @@ import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { temporal } from '@temporalio/proto';
 import { keyringVars, newKey, type Keyring } from '../infra/crypto/keyring';
 import type { StuckRun } from '../cli/doctorCommand';
-import { TASK_QUEUE } from '../validation';
+import { TASK_QUEUE } from '../core/constants';
 import { ENCRYPTED_ENCODING, FAILURE_CONVERTER_PATH, mareDataConverter, PAYLOAD_KEYS } from '../infra/crypto/payloadCodec';
 import { NONDETERMINISM_METRIC, nondeterminismIn, NondeterminismMonitor } from '../workers/workflowTaskFailures';
 import { createTestStack, freePort, metricSample as sample, type TestStack } from './helpers';

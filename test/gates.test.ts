@@ -3,7 +3,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { RE2JS } from 're2js';
 import { canonicalJson } from '../activities/idempotency';
-import { subtaskWorkflowId, type ApprovalView, type ChatMessage } from '../validation';
+import { type ApprovalView, type ChatMessage } from '../validation';
+import { subtaskWorkflowId } from '../core/constants';
 import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;

@@ -23,7 +23,7 @@ import { ToolsConfig } from '../validation/toolConfig';
 import { MareClient } from '../client/client';
 import { migrate } from '../infra/db/migrate';
 import { createScratchDatabase } from '../infra/db/scratch';
-import { SEARCH_ATTRIBUTES, TASK_QUEUE } from '../validation';
+import { SEARCH_ATTRIBUTES, TASK_QUEUE } from '../core/constants';
 import { resolveTemporalCli } from '../dev/temporal';
 import { createMareWorker, type MareWorker } from '../workers/worker';
 import { mareDataConverter } from '../infra/crypto/payloadCodec';

@@ -4,7 +4,7 @@ import { InvalidTaskRequestError, TaskNotFoundError } from '../client/client';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import type { TaskProgress } from '../validation';
-import { TASK_QUEUE, taskWorkflowId } from '../validation';
+import { TASK_QUEUE, taskWorkflowId } from '../core/constants';
 import { activityPayloads, allPayloadText, createTestStack, failureMessage, historyOf, localActivities, planReply, recordHistory, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 const demoScript = JSON.parse(readFileSync(path.join(__dirname, '..', 'scripts', 'demo-script.json'), 'utf8')) as ScriptInput;

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { resolveTemporalCli } from '../dev/temporal';
-import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../validation';
+import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../core/constants';
 import { webUiLinks } from '../client/render';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from './helpers';
 

@@ -5,7 +5,6 @@ import semver from 'semver';
 import { availability, routeSubtask } from '../activities/roles/router';
 import { type ParentLookup, parseRoleSource, resolveRoleProfile, roleChecksum, RoleValidationError, splitRoleRef } from '../validation/roleProfile';
 import {
-  BUILTIN_TOOL_ACCESS,
   BUILTIN_TOOLS,
   ROLE_DEFAULTS,
   ROLE_SCHEMA_VERSION,
@@ -15,6 +14,7 @@ import {
   type ToolCall,
   type ToolGrant,
 } from '../validation';
+import { BUILTIN_TOOL_ACCESS } from '../core/constants';
 import { checkToolCall, toolGrants } from '../core/permissions';
 
 type Candidate = Parameters<typeof routeSubtask>[0]['candidates'][number];

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId, type ChatMessage } from '../validation';
+import { type ChatMessage } from '../validation';
+import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../core/constants';
 import { createTestStack, historyOf, localActivities, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;

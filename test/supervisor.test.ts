@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { SEARCH_ATTRIBUTES, supervisorWorkflowId, TASK_QUEUE } from '../validation';
+import { SEARCH_ATTRIBUTES, supervisorWorkflowId, TASK_QUEUE } from '../core/constants';
 import { decide, SUPERVISOR_DEFAULTS, type OutcomeReport, type SupervisorState } from '../core/supervisor';
 import { embodimentOutcomeSignal, supervisorStateQuery } from '../workflows/definitions';
 import { createTestStack, planReply, recordHistory, type ScriptInput, type TestStack } from './helpers';

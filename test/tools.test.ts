@@ -8,7 +8,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import { ApprovalRejectedError, WorkflowQueryFailedError } from '../client/client';
 import { createRedactor } from '../infra/secrets';
-import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId, type ApprovalView } from '../validation';
+import { type ApprovalView } from '../validation';
+import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../core/constants';
 import { createLogger } from '../workers/logger';
 import { createTestStack, freePort, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 

@@ -9,7 +9,7 @@ import { createRedactor } from '../infra/secrets';
 import { ToolCatalog } from '../activities/tools';
 import { createMareWorker } from '../workers/worker';
 import { MareClient } from '../client/client';
-import { TASK_QUEUE, taskWorkflowId } from '../validation';
+import { TASK_QUEUE, taskWorkflowId } from '../core/constants';
 import { ToolsConfig } from '../validation/toolConfig';
 import {
   DEFAULT_SERVICE_NAME,

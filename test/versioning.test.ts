@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { createModelClient } from '../infra/models/model';
-import { TASK_QUEUES, taskWorkflowId, subtaskWorkflowId, type QueueKind } from '../validation';
+import { TASK_QUEUES, taskWorkflowId, subtaskWorkflowId, type QueueKind } from '../core/constants';
 import { createMareWorker, type MareWorker } from '../workers/worker';
 import { deploymentFromEnv, DeploymentConfigError, setCurrentVersion } from '../workers/versioning';
 import { queueTuningVar, workerTuningFromEnv } from '../workers/tuning';

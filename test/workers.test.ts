@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { taskWorkflowId, type TaskResult } from '../validation';
+import { type TaskResult } from '../validation';
+import { taskWorkflowId } from '../core/constants';
 import { createTestStack, historyOf, planReply, type ScriptInput, type TestStack } from './helpers';
 
 // These tests run the real `mare worker` command from dist/ (npm test builds it first).

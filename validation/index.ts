@@ -5,6 +5,5 @@ export * from './role';
 export * from './tools';
 export * from './model';
 export * from './task';
-export * from '../core/constants';
 export * from './policy';
 export * from './text';

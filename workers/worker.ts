@@ -17,7 +17,7 @@ import { createRedactor, type Redactor } from '../infra/secrets';
 import { loadToolsConfig, ToolCatalog } from '../activities/tools';
 import type { ToolsConfig } from '../validation/toolConfig';
 import { migrate } from '../infra/db/migrate';
-import { QUEUE_KINDS, TASK_QUEUES, type QueueKind } from '../validation';
+import { QUEUE_KINDS, TASK_QUEUES, type QueueKind } from '../core/constants';
 import { dataDir } from '../infra/paths';
 import { parseBind, startHealthServer } from './health';
 import { LogContextInterceptor } from './logContext';

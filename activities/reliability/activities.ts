@@ -1,6 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
-import { DEFAULT_TENANT, TASK_QUEUE, supervisorWorkflowId, TaskRequest, type TokenUsage } from '../../validation';
+import { TaskRequest, type TokenUsage } from '../../validation';
+import { DEFAULT_TENANT, TASK_QUEUE, supervisorWorkflowId } from '../../core/constants';
 import type { EnforcementDecision, OutcomeReport } from '../../core/supervisor';
 import type { ActivityDeps } from '../deps';
 import { RoleNotFoundError, RoleRepositoryError } from '../../infra/db/roleRepository';

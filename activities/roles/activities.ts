@@ -1,6 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from 'pino';
-import { DEFAULT_ROLE, DEFAULT_TENANT, type LoadedRole } from '../../validation';
+import { DEFAULT_ROLE, type LoadedRole } from '../../validation';
+import { DEFAULT_TENANT } from '../../core/constants';
 import type { ActivityDeps } from '../deps';
 import { audit } from '../../infra/db/records';
 import { activityKey } from '../idempotency';

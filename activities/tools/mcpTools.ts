@@ -1,7 +1,8 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from 'pg';
-import { storableText, textProblems, TOOL_OUTPUT_HISTORY_LIMIT, type ToolCallContext, type ToolResult, type UndoStep } from '../../validation';
+import { storableText, textProblems, type ToolCallContext, type ToolResult, type UndoStep } from '../../validation';
+import { TOOL_OUTPUT_HISTORY_LIMIT } from '../../core/constants';
 import { atRestOf, type AtRest } from '../../infra/crypto/atRest';
 import { expandArgs } from '../blobRefs';
 import type { ActivityDeps } from '../deps';

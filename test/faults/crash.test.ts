@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { subtaskWorkflowId } from '../../validation';
+import { subtaskWorkflowId } from '../../core/constants';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 import { activityRuns, assertBuilt, killWorkerProcesses, startWorkerProcess, taskWorkflowIds, timeoutTypeOf, waitFor, workflowTaskFailures, type ActivityRun } from './helpers';
 

@@ -7,7 +7,7 @@ import { temporal } from '@temporalio/proto';
 import pino from 'pino';
 import type { ModelClient } from '../../infra/models/model';
 import type { TaskResult } from '../../validation';
-import { subtaskWorkflowId, taskWorkflowId } from '../../validation';
+import { subtaskWorkflowId, taskWorkflowId } from '../../core/constants';
 import type { WorkerTuning } from '../../workers/tuning';
 import { createMareWorker, type MareWorker } from '../../workers/worker';
 import { builtinToolDeps, failureMessage, type TestStack } from '../helpers';

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { subtaskWorkflowId, taskWorkflowId } from '../../validation';
+import { subtaskWorkflowId, taskWorkflowId } from '../../core/constants';
 import { activityPayloads, allPayloadText, createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from '../helpers';
 import { activityRuns } from './helpers';
 

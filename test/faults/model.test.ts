@@ -2,7 +2,7 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { createModelClient, modelConfigFromEnv } from '../../infra/models/model';
-import { subtaskWorkflowId, taskWorkflowId } from '../../validation';
+import { subtaskWorkflowId, taskWorkflowId } from '../../core/constants';
 import { createTestStack, failureMessage, historyOf, type TestStack } from '../helpers';
 import { activityRuns, withModelWorker } from './helpers';
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { temporal } from '@temporalio/proto';
-import { subtaskWorkflowId, taskWorkflowId } from '../../validation';
+import { subtaskWorkflowId, taskWorkflowId } from '../../core/constants';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 import { activityRuns, assertBuilt, killWorkerProcesses, startWorkerProcess, waitFor, type ActivityRun, type WorkerProcess } from './helpers';
 

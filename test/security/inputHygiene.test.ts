@@ -12,7 +12,8 @@ import { createWorkspaceActivities } from '../../activities/workspace';
 import { closeApiServer, createApiServer } from '../../servers/api';
 import { InvalidTaskRequestError } from '../../client/client';
 import { createCodecServer } from '../../servers/codecServer';
-import { subtaskWorkflowId, TASK_QUEUE, taskWorkflowId, textProblem, type TaskRequest, type ToolResult } from '../../validation';
+import { textProblem, type TaskRequest, type ToolResult } from '../../validation';
+import { subtaskWorkflowId, TASK_QUEUE, taskWorkflowId } from '../../core/constants';
 import { builtinToolDeps, createTestDatabase, createTestStack, historyOf, planReply, toolCall, type TestDatabase, type TestStack } from '../helpers';
 
 /** §7 of the threat model: input that PostgreSQL, UTF-8, the stack or the network path cannot take is refused at the boundary. */

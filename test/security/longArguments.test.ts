@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { subtaskWorkflowId, TOOL_OUTPUT_HISTORY_LIMIT, type ApprovalView } from '../../validation';
+import { type ApprovalView } from '../../validation';
+import { subtaskWorkflowId, TOOL_OUTPUT_HISTORY_LIMIT } from '../../core/constants';
 import { allPayloadText, createTestStack, historyOf, localActivities, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 let stack: TestStack;

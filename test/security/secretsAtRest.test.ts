@@ -6,7 +6,7 @@ import { AtRest, SEALED_PREFIX } from '../../infra/crypto/atRest';
 import { newKey, type Keyring } from '../../infra/crypto/keyring';
 import { createRedactor } from '../../infra/secrets';
 import { createLogger, processRedactor } from '../../workers/logger';
-import { taskWorkflowId } from '../../validation';
+import { taskWorkflowId } from '../../core/constants';
 import { createTestStack, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 // §6 of issue 15: a canary secret planted in the goal, a workspace file, the environment, a role

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { subtaskWorkflowId, supervisorWorkflowId, TASK_QUEUE } from '../../validation';
+import { subtaskWorkflowId, supervisorWorkflowId, TASK_QUEUE } from '../../core/constants';
 import type { SupervisorState } from '../../core/supervisor';
 import { supervisorStateQuery } from '../../workflows/definitions';
 import { createTestStack, historyOf, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';

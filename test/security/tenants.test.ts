@@ -10,7 +10,8 @@ import { ApiKeyStore, type ApiScope } from '../../infra/db/apiKeys';
 import { approverIdentity } from '../../cli/approvalsCommand';
 import type { TaskView } from '../../client/client';
 import { WorkflowNotFoundError } from '@temporalio/client';
-import { SEARCH_ATTRIBUTES, taskWorkflowId, type ApprovalView } from '../../validation';
+import { type ApprovalView } from '../../validation';
+import { SEARCH_ATTRIBUTES, taskWorkflowId } from '../../core/constants';
 import { createTestStack, freePort, planReply, toolCall, type ScriptInput, type TestStack } from '../helpers';
 
 /**
