@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Pool } from 'pg';
 import { createTestDatabase, type TestDatabase } from './helpers';
+import type { DocumentAuditRow } from '../infra/db/documentStore';
 
 // `mare policies …` as users run it: the real CLI from dist/ (npm test builds it first), in a child
 // process, against a database of this file's own. No Temporal server is needed for these commands.
@@ -45,14 +46,7 @@ function writeJson(name: string, content: unknown): string {
   return file;
 }
 
-interface AuditRow {
-  actor: string;
-  action: string;
-  name: string | null;
-  version: string | null;
-  reason: string | null;
-  detail: Record<string, unknown>;
-}
+type AuditRow = Omit<DocumentAuditRow, 'at'>;
 
 async function audit(pool: Pool, where = 'TRUE', params: unknown[] = []): Promise<AuditRow[]> {
   const { rows } = await pool.query<AuditRow>(`SELECT actor, action, name, version, reason, detail FROM policy_audit WHERE ${where} ORDER BY id`, params);

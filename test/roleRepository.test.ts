@@ -8,6 +8,7 @@ import { keyringEnv, keyringFromEnv, newKey, readKeyFile, RoleIntegrityError, Ro
 import { RoleNotFoundError, RoleRepository, RoleRepositoryError } from '../infra/db/roleRepository';
 import type { Actor } from '../infra/db/documentStore';
 import { createTestDatabase, testKeyring, type TestDatabase } from './helpers';
+import type { DocumentAuditRow } from '../infra/db/documentStore';
 
 const WRITER = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'reps', 'writer', '1.0.0', 'profile.json'), 'utf8')) as Record<string, unknown>;
 const who: Actor = { actor: 'test' };
@@ -227,16 +228,7 @@ test('rollback moves latest down one non-deprecated version at a time until ther
 });
 
 describe('audit trail', () => {
-  interface AuditRow {
-    id: string;
-    at: Date;
-    actor: string;
-    action: string;
-    name: string | null;
-    version: string | null;
-    reason: string | null;
-    detail: Record<string, unknown>;
-  }
+    type AuditRow = DocumentAuditRow & { id: string };
 
   async function lastAuditId(): Promise<string> {
     const { rows } = await db.pool.query<{ id: string }>('SELECT coalesce(max(id), 0)::text AS id FROM role_audit');

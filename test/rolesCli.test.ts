@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { Pool } from 'pg';
 import { keyringEnv, newKey, readKeyFile, writeKeyFile, type RoleKeyring } from '../infra/crypto/roleCrypto';
 import { createTestDatabase, type TestDatabase } from './helpers';
+import type { DocumentAuditRow } from '../infra/db/documentStore';
 
 // `mare roles …` as users run it: the real CLI from dist/ (npm test builds it first), in a child
 // process, against a database of this file's own. No Temporal server is needed for these commands.
@@ -87,14 +88,7 @@ async function head(pool: Pool, name: string): Promise<{ latest: string; suspend
   return rows[0];
 }
 
-interface AuditRow {
-  actor: string;
-  action: string;
-  name: string | null;
-  version: string | null;
-  reason: string | null;
-  detail: Record<string, unknown>;
-}
+type AuditRow = Omit<DocumentAuditRow, 'at'>;
 
 async function audit(pool: Pool, where = 'TRUE', params: unknown[] = []): Promise<AuditRow[]> {
   const { rows } = await pool.query<AuditRow>(`SELECT actor, action, name, version, reason, detail FROM role_audit WHERE ${where} ORDER BY id`, params);
