@@ -72,3 +72,9 @@ export function oneLine(text: string, max = 120): string {
   const flat = text.replace(/\s+/g, ' ').trim();
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
 }
+
+/**
+ * What an escalation waits for when its rule does not say: the policy schema's defaults, and the
+ * evaluator's and approvals' fallback. Here (nothing of ours imported) so validation/ can use it without a cycle.
+ */
+export const APPROVAL_DEFAULTS: Readonly<{ timeoutSeconds: number; onTimeout: 'allow' | 'deny' }> = { timeoutSeconds: 3600, onTimeout: 'deny' };

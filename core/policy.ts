@@ -1,8 +1,6 @@
+import { APPROVAL_DEFAULTS } from './constants';
 import { globMatches, patternFound, UnsafePatternError } from './patterns';
-import type { ApprovalTerms, LoadedPolicy, PolicyArgCondition, PolicyCondition, PolicyDecision, PolicyInput, PolicyRule, PolicyVerdict } from '../validation/policy';
-
-/** What an escalation waits for when its rule does not say: the policy schema's defaults, and the evaluator's and approvals' fallback. */
-export const APPROVAL_DEFAULTS: Readonly<ApprovalTerms> = { timeoutSeconds: 3600, onTimeout: 'deny' };
+import type { LoadedPolicy, PolicyArgCondition, PolicyCondition, PolicyDecision, PolicyInput, PolicyRule, PolicyVerdict } from '../validation/policy';
 
 /** The decision when no rule of any policy matches the call. */
 export const NO_RULE_MATCHED = 'no policy rule matched';

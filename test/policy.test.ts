@@ -15,7 +15,8 @@ import {
   type PolicyInput,
   type PolicyRule,
 } from '../validation/policy';
-import { APPROVAL_DEFAULTS, conditionMatches, evaluatePolicies, NO_RULE_MATCHED } from '../core/policy';
+import { APPROVAL_DEFAULTS } from '../core/constants';
+import { conditionMatches, evaluatePolicies, NO_RULE_MATCHED } from '../core/policy';
 import { createRedactor } from '../infra/secrets';
 import { migrate } from '../infra/db/migrate';
 import { createScratchDatabase } from '../infra/db/scratch';
@@ -262,9 +263,10 @@ describe('evaluatePolicies: decisions', () => {
   test('workflow code imports no zod: only types from the schemas, and the zod-free pattern engine', () => {
     const source = readFileSync(path.join(__dirname, '..', 'core', 'policy.ts'), 'utf8');
     const imports = source.split('\n').filter((l) => l.startsWith('import '));
-    // The only value import is the zod-free pattern engine (RE2 in pure JavaScript).
+    // The only value imports are the zod-free constants (the approval defaults) and pattern engine (RE2 in pure JavaScript).
     expect(imports.filter((l) => /zod/.test(l))).toEqual([]);
-    expect(imports.filter((l) => !l.startsWith('import type ')).map((l) => /from '([^']+)'/.exec(l)?.[1])).toEqual(['./patterns']);
+    expect(imports.filter((l) => !l.startsWith('import type ')).map((l) => /from '([^']+)'/.exec(l)?.[1])).toEqual(['./constants', './patterns']);
+    expect(readFileSync(path.join(__dirname, '..', 'core', 'constants.ts'), 'utf8')).not.toMatch(/from 'zod'/);
     expect(readFileSync(path.join(__dirname, '..', 'core', 'patterns.ts'), 'utf8')).not.toMatch(/from 'zod'/);
   });
 });

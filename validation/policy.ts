@@ -1,6 +1,6 @@
 import semver from 'semver';
 import { z } from 'zod';
-import { APPROVAL_DEFAULTS } from '../core/policy';
+import { APPROVAL_DEFAULTS } from '../core/constants';
 import { GlobField, PatternField } from './patternFields';
 
 /** What a policy says about one call. */

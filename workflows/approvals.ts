@@ -1,7 +1,7 @@
 import { CancellationScope, condition, getExternalWorkflowHandle, log, setHandler, sleep, upsertSearchAttributes } from '@temporalio/workflow';
 import { approvalSignatureError } from '../core/approvalSignature';
 import { oneLine, SEARCH_ATTRIBUTES } from '../core/constants';
-import { APPROVAL_DEFAULTS } from '../core/policy';
+import { APPROVAL_DEFAULTS } from '../core/constants';
 import type { ApprovalDecision, ApprovalTerms, ApprovalView, PendingApprovalNote, PolicyDecision } from '../validation';
 import { bookkeeping as store } from './activityProfiles';
 import { approvalsQuery, decideApprovalUpdate, subtaskApprovalsSignal } from './definitions';
