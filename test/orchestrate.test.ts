@@ -293,7 +293,8 @@ test('cancellation mid-run rolls back what was done', async () => {
   };
   const result = await stack.withWorker(script, async () => {
     await stack.client.submitTask({ taskId: 'cancel-me', goal: 'be cancelled' });
-    for (let i = 0; i < 100 && !existsSync(ws('cancel-me', 'y.md')); i++) await new Promise((r) => setTimeout(r, 100));
+    // A wait on state, bounded generously: on a busy machine planning and the first subtask take a while.
+    for (let i = 0; i < 600 && !existsSync(ws('cancel-me', 'y.md')); i++) await new Promise((r) => setTimeout(r, 100));
     expect(existsSync(ws('cancel-me', 'x.md'))).toBe(true);
     await stack.client.cancelTask('cancel-me');
     return stack.client.result('cancel-me');
