@@ -1,5 +1,5 @@
-import { createHash } from 'node:crypto';
 import type { Pool } from 'pg';
+import { sha256 } from '../crypto/digest';
 
 /** The prev_hash of the first event (db/migrations/1700000000004_audit_chain.sql). */
 export const GENESIS_HASH = '0'.repeat(64);
@@ -34,7 +34,7 @@ export interface AuditChainFields {
 export function auditEventHash(f: AuditChainFields): string {
   const fields = [f.chainSeq, f.prevHash, f.eventKey, f.taskId, f.kind, f.data, f.at];
   const text = `mare-audit-v1\n${fields.map((v) => `${Buffer.byteLength(v, 'utf8')}:${v}\n`).join('')}`;
-  return createHash('sha256').update(text, 'utf8').digest('hex');
+  return sha256(text);
 }
 
 /** The outcome of a verification: intact (with the newest hash) or the first broken link. */

@@ -1,9 +1,9 @@
-import { createHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
 import type { Pool, PoolClient } from 'pg';
 import semver from 'semver';
 import { ZodError } from 'zod';
 import { PolicyDocument, type LoadedPolicy } from '../../validation/policy';
+import { sha256 } from '../crypto/digest';
 import { DocumentStore, type Actor, type DocumentAuditRow } from './documentStore';
 import { fieldProblems, type FieldProblem } from '../../validation/roleProfile';
 
@@ -63,7 +63,7 @@ export function parsePolicyDocument(input: unknown): PolicyDocument {
 
 /** The checksum of a policy as published: sha256 of its canonical (RFC 8785) JSON. */
 export function policyChecksum(document: PolicyDocument): string {
-  return createHash('sha256').update(canonicalize(document) ?? '').digest('hex');
+  return sha256(canonicalize(document) ?? '');
 }
 
 /** `name` or `name@version-or-range` split into name and spec (undefined: latest). */
