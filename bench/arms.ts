@@ -8,6 +8,8 @@ import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { MareClient } from '../client/client';
+import { keyringVars, newKey, type Keyring } from '../infra/crypto/keyring';
+import { mareDataConverter, PAYLOAD_KEYS } from '../infra/crypto/payloadCodec';
 import { type TaskResult } from '../validation';
 import { TASK_QUEUE, taskWorkflowId } from '../core/constants';
 import { BARE_TASK_QUEUE } from './bareWorker';
@@ -15,8 +17,31 @@ import type { BareChildInput, BareTaskInput } from './bareTypes';
 import type { b0Task, b1Task } from './bareWorkflows';
 import { benchGoal, STEPS } from './scripts';
 
-export type ArmName = 'B0' | 'B1' | 'O';
-export const ARMS: ArmName[] = ['B0', 'B1', 'O'];
+export type ArmName = 'B0' | 'B1' | 'O' | 'O+enc';
+export const ARMS: ArmName[] = ['B0', 'B1', 'O', 'O+enc'];
+
+/** Arms that run MARE's worker; O+enc is O with every payload AES-256-GCM encrypted (client and worker). */
+export const isMare = (arm: ArmName): boolean => arm === 'O' || arm === 'O+enc';
+
+/**
+ * The payload key of a run's O+enc arm, generated per bench run and handed to its worker and its
+ * client. Every other arm runs with encryption off in both (MARE_PAYLOAD_KEYS=none), whatever key
+ * file `npm start` left in .mare/: client and worker always agree.
+ */
+export function benchPayloadKeyring(): Keyring {
+  const { id, key } = newKey();
+  return { activeKeyId: id, keys: new Map([[id, key]]), origin: 'bench' };
+}
+
+/** The payload encryption of an arm, as its worker's environment and the report say it. */
+export function payloadEncryption(arm: ArmName, keyring: Keyring): { env: Record<string, string>; label: string } {
+  return arm === 'O+enc' ? { env: keyringVars(PAYLOAD_KEYS, keyring), label: 'AES-256-GCM' } : { env: { MARE_PAYLOAD_KEYS: 'none' }, label: 'off' };
+}
+
+/** The data converter of an arm's client: the same encryption as its worker. */
+export function armDataConverter(arm: ArmName, keyring: Keyring): ReturnType<typeof mareDataConverter> | undefined {
+  return arm === 'O+enc' ? mareDataConverter(keyring) : undefined;
+}
 
 /** Payload sizes B1 copies from MARE (measured in the calibration run). */
 export interface PayloadShape {
@@ -36,9 +61,9 @@ const DIST = path.join(__dirname, '..');
 /** Starts the arm's worker and resolves once it polls. */
 export async function startArmWorker(
   arm: ArmName,
-  env: { temporalAddress: string; databaseUrl: string; modelScript: string; workspaceDir: string; bundles: { mare: string; bare: string }; tuning: NodeJS.ProcessEnv },
+  env: { temporalAddress: string; databaseUrl: string; modelScript: string; workspaceDir: string; bundles: { mare: string; bare: string }; tuning: NodeJS.ProcessEnv; payloadKeyring: Keyring },
 ): Promise<WorkerProcess> {
-  const args = arm === 'O' ? [path.join(DIST, 'cli', 'mare.js'), 'worker', '--identity', 'bench-O'] : [path.join(DIST, 'bench', 'bareWorker.js')];
+  const args = isMare(arm) ? [path.join(DIST, 'cli', 'mare.js'), 'worker', '--identity', `bench-${arm}`] : [path.join(DIST, 'bench', 'bareWorker.js')];
   const child = spawn(process.execPath, args, {
     env: {
       ...process.env,
@@ -51,6 +76,7 @@ export async function startArmWorker(
       MARE_WORKFLOW_BUNDLE: env.bundles.mare,
       MARE_BARE_WORKFLOW_BUNDLE: env.bundles.bare,
       MARE_LOG_LEVEL: 'info',
+      ...payloadEncryption(arm, env.payloadKeyring).env,
       // e.g. --cpu-prof --cpu-prof-dir=/tmp/prof to profile the workers of a run
       ...(process.env.MARE_BENCH_WORKER_NODE_OPTIONS ? { NODE_OPTIONS: process.env.MARE_BENCH_WORKER_NODE_OPTIONS } : {}),
     },
@@ -97,7 +123,7 @@ export type RunOne = (id: string) => Promise<boolean>;
 
 /** The per-task runner of an arm for fan-out M; `slow` adds W4's simulated model latency to B1. */
 export function taskRunner(arm: ArmName, client: Client, m: number, shape: PayloadShape, slow?: { delayMs: number; jitterMs: number }): RunOne {
-  if (arm === 'O') {
+  if (isMare(arm)) {
     const mare = new MareClient(client, TASK_QUEUE);
     return async (id) => {
       await mare.submitTask({ taskId: id, goal: benchGoal(m), tenant: 'bench', concurrency: m });
@@ -128,6 +154,6 @@ export function taskRunner(arm: ArmName, client: Client, m: number, shape: Paylo
 /** Workflow ids of one task of an arm (parent first), for history and state-transition counts. */
 export function workflowIdsOf(arm: ArmName, id: string, m: number): string[] {
   if (arm === 'B0') return [`b0-${id}`];
-  const parent = arm === 'O' ? taskWorkflowId(id) : `b1-${id}`;
+  const parent = isMare(arm) ? taskWorkflowId(id) : `b1-${id}`;
   return [parent, ...Array.from({ length: m }, (_, i) => `${parent}--s${i}`)];
 }

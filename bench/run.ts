@@ -19,7 +19,7 @@ import { redactUrl } from '../dev/postgres';
 import { resolveTemporalCli, startTemporalDevServer, type TemporalDevServer } from '../dev/temporal';
 import { TUNING_ENV, workerTuningFromEnv } from '../workers/tuning';
 import { writeWorkflowBundle } from '../workers/worker';
-import { ARMS, startArmWorker, taskRunner, type ArmName, type PayloadShape } from './arms';
+import { armDataConverter, ARMS, benchPayloadKeyring, startArmWorker, taskRunner, type ArmName, type PayloadShape } from './arms';
 import { runMicro, type MicroFigure } from './micro';
 import { renderMarkdown, renderMicro } from './report';
 import { FANOUTS, writeBenchScript } from './scripts';
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
     .description('MARE against bare Temporal: throughput, latency, fan-out and many-in-flight; see bench/README.md')
     .option('--reps <n>', 'repetitions (each on a fresh server and database)', positiveInt, 3)
     .option('--workloads <list>', 'comma-separated subset of W1,W2,W3,W4', parseWorkloads, [...WORKLOADS])
-    .option('--arms <list>', 'comma-separated subset of B0,B1,O (tuning runs); W2 still probes B1 for its rate', parseArms, [...ARMS])
+    .option('--arms <list>', 'comma-separated subset of B0,B1,O,O+enc (O+enc: O with payload encryption; not run in W3); W2 still probes B1 for its rate', parseArms, [...ARMS])
     .option('--quick', 'small sizes and one repetition: a smoke run, not a measurement')
     .option('--micro-only', 'only the in-process micro-figures (role retrieval, routing, injection, plan validation); needs PostgreSQL, not Temporal')
     .option('--label <text>', 'suffix of the result files, e.g. the tuning being tried')
@@ -121,6 +121,8 @@ async function main(): Promise<void> {
     log(`wrote ${base}.json and ${base}.md`);
     return;
   }
+  // O+enc's payload key, for its worker and its client alike; every other arm runs unencrypted in both.
+  const payloadKeyring = benchPayloadKeyring();
   const cliPath = await resolveTemporalCli(log);
   const runVersions = { ...versions(cliPath), postgres: postgresVersion }; // before the run: the code measured
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
@@ -167,11 +169,14 @@ async function main(): Promise<void> {
       workspaceDir,
       bundles,
       tuning: tuningEnv,
+      payloadKeyring,
     });
     try {
       const slow = phase.slow ? { delayMs: settings.w4ModelDelayMs, jitterMs: settings.w4ModelJitterMs } : undefined;
-      const run = taskRunner(arm, s.client, arm === 'B0' ? 1 : phase.m, calibration, slow);
-      const prefix = `${label.replace(/\W/g, '')}-${arm}`;
+      const dataConverter = armDataConverter(arm, payloadKeyring);
+      const client = dataConverter ? new Client({ connection: s.client.connection, dataConverter }) : s.client;
+      const run = taskRunner(arm, client, arm === 'B0' ? 1 : phase.m, calibration, slow);
+      const prefix = `${label.replace(/\W/g, '')}-${arm.replace(/\W/g, '')}`;
       if (!phase.slow) {
         const warm = Array.from({ length: settings.warmupTasks }, (_, i) => `${prefix}-warm-${i}`);
         await runPhase(run, { ids: warm, subtasksPerTask: phase.m, timeoutMs: 300_000 }, { worker: worker.pid, server: s.server.pid });
@@ -224,7 +229,7 @@ async function main(): Promise<void> {
           for (const arm of order) set('W2', arm, await runArm(s, arm, `r${rep}-W2`, { m: settings.w1Subtasks, tasks, rate, timeoutMs: 1_800_000 }));
         } else if (workload === 'W3') {
           for (const m of FANOUTS) {
-            for (const arm of order.filter((a) => a !== 'B0')) set(`W3 M=${m}`, arm, await runArm(s, arm, `r${rep}-W3-M${m}`, { m, tasks: settings.w3Tasks, timeoutMs: 1_800_000 }));
+            for (const arm of order.filter((a) => a !== 'B0' && a !== 'O+enc')) set(`W3 M=${m}`, arm, await runArm(s, arm, `r${rep}-W3-M${m}`, { m, tasks: settings.w3Tasks, timeoutMs: 1_800_000 }));
           }
         } else {
           for (const arm of order.filter((a) => a !== 'B0')) set('W4', arm, await runArm(s, arm, `r${rep}-W4`, { m: settings.w1Subtasks, tasks: settings.w4Tasks, slow: true, timeoutMs: 1_800_000 }));
@@ -340,7 +345,7 @@ function positiveInt(v: string): number {
 }
 
 function parseArms(v: string): ArmName[] {
-  const list = v.split(',').map((a) => a.trim().toUpperCase());
+  const list = v.split(',').map((a) => a.trim().toUpperCase().replace('+ENC', '+enc'));
   const bad = list.filter((a) => !(ARMS as string[]).includes(a));
   if (bad.length) throw new InvalidArgumentError(`unknown arm ${bad.join(', ')}; choose from ${ARMS.join(', ')}`);
   return list as ArmName[];

@@ -14,6 +14,7 @@ import { redactUrl, resolveDatabase } from './postgres';
 import { resolveTemporalCli, startTemporalDevServer } from './temporal';
 import { createMareWorker, installRuntime, openWorkerServices, workspaceRootFromEnv } from '../workers/worker';
 import { mareDataConverter, payloadKeyringFromEnv } from '../infra/crypto/payloadCodec';
+import type { Keyring } from '../infra/crypto/keyring';
 import { codecTokenFromEnv, createCodecServer, DEFAULT_CODEC_PORT } from '../servers/codecServer';
 import { listen } from '../servers/httpKit';
 import { webUiLinks } from '../client/render';
@@ -28,10 +29,10 @@ export interface LocalStack {
   model: ModelClient;
   /** Where the role encryption keys come from. */
   roleKeys: string;
-  /** Where the payload encryption keys come from. */
-  payloadKeys: string;
-  /** The codec server the Web UI decodes payloads with (without its token). */
-  codecUrl: string;
+  /** Where the payload encryption keys come from; undefined with encryption off (MARE_PAYLOAD_KEYS=none). */
+  payloadKeys: string | undefined;
+  /** The codec server the Web UI decodes payloads with (without its token); none without payload encryption. */
+  codecUrl: string | undefined;
   /** The data converter clients of this stack use (payloads encrypted with the stack's keys). */
   dataConverter: DataConverter;
   /** Stops the worker, then the servers this stack started. Safe to call twice. */
@@ -56,23 +57,18 @@ export async function startLocalStack(opts: { logger: Logger; redactor?: Redacto
       generate: true,
       onGenerated: (file) => print(`roles: no encryption key configured; generated one into ${file} (set MARE_ROLE_KEYS or MARE_ROLE_KEY_FILE in production)`),
     });
+    // Generated on first start, unless MARE_PAYLOAD_KEYS=none switches payload encryption off.
     const payloadKeyring = payloadKeyringFromEnv({
       dataDir: dataDir(),
       generate: true,
       onGenerated: (file) => print(`payloads: no encryption key configured; generated one into ${file} (set MARE_PAYLOAD_KEYS or MARE_PAYLOAD_KEY_FILE in production)`),
-    })!;
+    });
     const dataConverter = mareDataConverter(payloadKeyring);
     installRuntime(logger);
     const cli = await resolveTemporalCli((m) => print(`temporal: ${m}`));
     // The codec server first: the dev server's Web UI is started pointed at it.
     const uiPort = opts.uiPort ?? (opts.port ?? 7233) + 1000;
-    const { token } = codecTokenFromEnv({ dataDir: dataDir(), generate: true });
-    const codec = createCodecServer({ keyring: payloadKeyring, token, corsOrigins: [`http://localhost:${uiPort}`, `http://127.0.0.1:${uiPort}`], logger: logger.child({ component: 'codec-server' }) });
-    const requestedCodecPort = opts.codecPort ?? DEFAULT_CODEC_PORT;
-    if (requestedCodecPort !== 0) await assertPortFree(requestedCodecPort, 'Codec server', 'Stop it, or choose another port with --codec-port.');
-    const { port: codecPort } = await listen(codec, requestedCodecPort, '127.0.0.1');
-    stops.push(() => new Promise<void>((resolve) => codec.close(() => resolve())));
-    const codecUrl = `http://127.0.0.1:${codecPort}`;
+    const codecUrl = payloadKeyring ? await startCodecServer(payloadKeyring, { logger, uiPort, codecPort: opts.codecPort, stops }) : undefined;
     // No --ui-codec-endpoint: it would carry the token on a command line, which every local user can read.
     const temporal = await startTemporalDevServer({ cliPath: cli, port: opts.port, uiPort, log: (m) => logger.debug(m) });
     stops.push(() => temporal.stop());
@@ -89,7 +85,7 @@ export async function startLocalStack(opts: { logger: Logger; redactor?: Redacto
     const worker = await createMareWorker({
       connection,
       namespace: temporal.namespace,
-      payloadKeyring,
+      ...(payloadKeyring ? { payloadKeyring } : {}),
       deps: { pool, model, roles, workspaceRoot: workspaceRootFromEnv(), logger, tools: services.tools, policies: services.policies, redactor: services.redactor },
     });
     const running = worker.run();
@@ -109,7 +105,7 @@ export async function startLocalStack(opts: { logger: Logger; redactor?: Redacto
       embeddedDatabase: db.embedded,
       model,
       roleKeys: keyring.origin,
-      payloadKeys: payloadKeyring.origin,
+      payloadKeys: payloadKeyring?.origin,
       codecUrl,
       dataConverter,
       stop: stopAll,
@@ -120,6 +116,17 @@ export async function startLocalStack(opts: { logger: Logger; redactor?: Redacto
   }
 }
 
+/** Serves the codec for the Web UI on 127.0.0.1 (the stack's stop closes it); returns its URL. */
+async function startCodecServer(keyring: Keyring, opts: { logger: Logger; uiPort: number; codecPort: number | undefined; stops: (() => Promise<void>)[] }): Promise<string> {
+  const { token } = codecTokenFromEnv({ dataDir: dataDir(), generate: true });
+  const codec = createCodecServer({ keyring, token, corsOrigins: [`http://localhost:${opts.uiPort}`, `http://127.0.0.1:${opts.uiPort}`], logger: opts.logger.child({ component: 'codec-server' }) });
+  const requested = opts.codecPort ?? DEFAULT_CODEC_PORT;
+  if (requested !== 0) await assertPortFree(requested, 'Codec server', 'Stop it, or choose another port with --codec-port.');
+  const { port } = await listen(codec, requested, '127.0.0.1');
+  opts.stops.push(() => new Promise<void>((resolve) => codec.close(() => resolve())));
+  return `http://127.0.0.1:${port}`;
+}
+
 /** The lines `mare dev` and the demo print about the stack. */
 export function describeStack(stack: LocalStack): string[] {
   return [
@@ -127,8 +134,12 @@ export function describeStack(stack: LocalStack): string[] {
     `Temporal UI:    ${stack.uiUrl}`,
     `Database:       ${redactUrl(stack.databaseUrl)}${stack.embeddedDatabase ? ' (embedded, data in .mare/postgres)' : ' (DATABASE_URL)'}`,
     `Role keys:      ${stack.roleKeys}`,
-    `Payloads:       encrypted (AES-256-GCM), keys from ${stack.payloadKeys}`,
-    `Codec server:   ${stack.codecUrl} (to decode in the Web UI, set its Codec Server endpoint to ${stack.codecUrl}/token/<token in MARE_CODEC_TOKEN or .mare/codec-token>)`,
+    ...(stack.payloadKeys && stack.codecUrl
+      ? [
+          `Payloads:       encrypted (AES-256-GCM), keys from ${stack.payloadKeys}`,
+          `Codec server:   ${stack.codecUrl} (to decode in the Web UI, set its Codec Server endpoint to ${stack.codecUrl}/token/<token in MARE_CODEC_TOKEN or .mare/codec-token>)`,
+        ]
+      : ['Payloads:       not encrypted (MARE_PAYLOAD_KEYS=none): Temporal stores them as plain JSON; no codec server']),
     `Model:          ${stack.model.name}${stack.model.offline ? ' (offline scripted model)' : ''}`,
     'Web UI links:',
     ...webUiLinks(stack.uiUrl, stack.namespace).map((l) => `  ${l}`),
