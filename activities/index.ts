@@ -1,4 +1,5 @@
 import type { ActivityDeps } from './deps';
+import { createEmbodimentActivities } from './embodiment';
 import { createModelActivities } from './modelActivity';
 import { createPlannerActivities } from './planner';
 import { createPolicyActivities } from './policy';
@@ -10,6 +11,7 @@ import { createVerifyActivities } from './verify';
 import { createWorkspaceActivities } from './workspace';
 
 export type { ActivityDeps } from './deps';
+export type { EmbodimentsReport } from './reliability/activities';
 
 /** All activities, wired to their dependencies. Workflows import this file for types only. */
 export function createActivities(deps: ActivityDeps) {
@@ -23,20 +25,21 @@ export function createActivities(deps: ActivityDeps) {
     ...createToolActivities(deps),
     ...createReliabilityActivities(deps),
     ...createVerifyActivities(deps),
+    ...createEmbodimentActivities(deps),
   };
 }
 
 // The groups workflows call, each through the proxy of its own profile (workflows/activityProfiles.ts).
 
 /**
- * Bookkeeping that runs as local activities: PostgreSQL writes, and what an embodiment pins at its
- * start (role, tools, policies, approvers' keys) and the mediation of long tool arguments.
+ * Bookkeeping that runs as local activities: PostgreSQL writes, what an embodiment pins at its
+ * start (`embody`: role, tools, policies) and records at its end (`finishSubtask`), the approvers'
+ * keys and the mediation of long tool arguments. (`loadRole`, `toolCatalog`, `loadPolicies`,
+ * `recordEmbodiments` stay registered, as the parts `embody` and `finishSubtask` are made of.)
  */
 export type BookkeepingActivities = ReturnType<typeof createStoreActivities> &
-  Pick<ReturnType<typeof createRoleActivities>, 'loadRole'> &
-  Pick<ReturnType<typeof createPolicyActivities>, 'loadPolicies' | 'approverKeys' | 'mediateToolCall'> &
-  Pick<ReturnType<typeof createToolActivities>, 'toolCatalog'> &
-  Pick<ReturnType<typeof createReliabilityActivities>, 'recordEmbodiments'>;
+  ReturnType<typeof createEmbodimentActivities> &
+  Pick<ReturnType<typeof createPolicyActivities>, 'approverKeys' | 'mediateToolCall'>;
 
 /** Model calls on the models queue: the planner and the agent's own calls. */
 export type ModelActivities = ReturnType<typeof createPlannerActivities> & ReturnType<typeof createModelActivities>;

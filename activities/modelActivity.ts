@@ -62,26 +62,24 @@ export async function callModelWithHeartbeat(
 
 /**
  * Stores the new messages of a transcript at their positions, sealed (a retry writes the same rows,
- * so it is a no-op) and returns the transcript up to and including them, opened.
+ * so it is a no-op), and returns the transcript up to and including them, opened: ONE statement
+ * (the earlier messages read back, the new ones inserted), since it runs on every model call.
  */
 async function appendTranscript(pool: Pool, atRest: AtRest, transcript: { id: string; offset: number }, added: ChatMessage[]): Promise<ChatMessage[]> {
-  for (const [i, message] of added.entries()) {
-    await pool.query(
-      'INSERT INTO transcript_messages (transcript_id, seq, message) VALUES ($1, $2, $3) ON CONFLICT (transcript_id, seq) DO NOTHING',
-      [transcript.id, transcript.offset + i, atRest.sealJson(storableText(message))], // jsonb cannot hold NUL
-    );
-  }
+  const sealed = added.map((message) => atRest.sealJson(storableText(message))); // jsonb cannot hold NUL
   const { rows } = await pool.query<{ message: unknown }>(
-    'SELECT message FROM transcript_messages WHERE transcript_id = $1 AND seq < $2 ORDER BY seq',
-    [transcript.id, transcript.offset + added.length],
+    `WITH added AS (
+       INSERT INTO transcript_messages (transcript_id, seq, message)
+       SELECT $1, $2 + ord::int - 1, m::jsonb FROM unnest($3::text[]) WITH ORDINALITY AS t(m, ord)
+       ON CONFLICT (transcript_id, seq) DO NOTHING)
+     SELECT message FROM transcript_messages WHERE transcript_id = $1 AND seq < $2 ORDER BY seq`,
+    [transcript.id, transcript.offset, sealed],
   );
-  if (rows.length !== transcript.offset + added.length) {
-    throw ApplicationFailure.nonRetryable(
-      `transcript ${transcript.id} has ${rows.length} messages, expected ${transcript.offset + added.length}`,
-      'TranscriptIncomplete',
-    );
+  if (rows.length !== transcript.offset) {
+    throw ApplicationFailure.nonRetryable(`transcript ${transcript.id} has ${rows.length} earlier messages, expected ${transcript.offset}`, 'TranscriptIncomplete');
   }
-  return rows.map((r) => atRest.openJson<ChatMessage>(r.message));
+  // The new messages as a read would return them (opened, or redacted without a payload keyring).
+  return [...rows, ...sealed.map((s) => ({ message: JSON.parse(s) as unknown }))].map((r) => atRest.openJson<ChatMessage>(r.message));
 }
 
 /** The agent loop's model call. Long tool-call arguments (file contents) go back to history as blob references. */

@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { z } from 'zod';
 import { storableText, TaskRequest, type ApprovalView, type CompensationOutcome, type SubtaskResult, type TaskResult } from '../validation';
-import { audit, recordPolicyDecision, type PolicyDecisionRecord } from '../infra/db/records';
+import { audit, recordPolicyDecision, writeAudited, type AuditEvent, type PolicyDecisionRecord } from '../infra/db/records';
 import type { ActivityDeps } from './deps';
 import { activityKey } from './idempotency';
 import { recordApprovalMetric } from './metrics';
@@ -9,12 +9,13 @@ import { recordApprovalMetric } from './metrics';
 /** Bookkeeping activities: every write is keyed so a retried activity never writes twice. */
 export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) {
   async function recordTask(input: { taskId: string; workflowId: string; goal: string; tenant: string }): Promise<void> {
-    await pool.query(
+    await writeAudited(
+      pool,
       `INSERT INTO tasks (task_id, workflow_id, goal, tenant, status) VALUES ($1, $2, $3, $4, 'RUNNING')
        ON CONFLICT (task_id) DO NOTHING`,
       [input.taskId, input.workflowId, redactor.redact(input.goal), input.tenant],
+      { taskId: input.taskId, kind: 'task.started', data: { goal: redactor.redact(input.goal), tenant: input.tenant }, key: activityKey() },
     );
-    await audit(pool, input.taskId, 'task.started', { goal: redactor.redact(input.goal), tenant: input.tenant }, activityKey());
   }
 
   return {
@@ -82,7 +83,8 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
     },
 
     async recordSubtask({ taskId, result }: { taskId: string; result: SubtaskResult }): Promise<void> {
-      await pool.query(
+      await writeAudited(
+        pool,
         `INSERT INTO subtasks (task_id, subtask_id, role, role_version, status, attempts, score, output, evidence_ids, usage, error,
            role_requested, role_routed_by, role_fallback_reason, role_source, role_checksum, context_digests)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
@@ -111,15 +113,8 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
           result.roleChecksum ?? null,
           result.contextDigests ?? null,
         ],
+        subtaskEvent(taskId, result),
       );
-      // The audit trail names the exact role version and the digest of what it was given.
-      await audit(pool, taskId, `subtask.${result.status}`, {
-        subtaskId: result.id,
-        role: result.roleVersion ? `${result.role}@${result.roleVersion}` : result.role,
-        contextDigests: result.contextDigests ?? [],
-        attempts: result.attempts,
-        score: result.score,
-      }, activityKey());
     },
 
     async recordCompensations({ taskId, outcomes }: { taskId: string; outcomes: CompensationOutcome[] }): Promise<void> {
@@ -136,11 +131,18 @@ export function createStoreActivities({ pool, redactor, logger }: ActivityDeps) 
     async recordTaskFinished({ result: raw }: { result: TaskResult }): Promise<void> {
       // Display only: the task's result is read from Temporal; the row is for people and reports.
       const result = redactor.redactDeep(raw);
-      await pool.query(
+      await writeAudited(
+        pool,
         `UPDATE tasks SET status = $2, result = $3, plan = $4, plan_fallback_reason = $5, evidence_id = $6, updated_at = now() WHERE task_id = $1`,
         [result.taskId, result.status, JSON.stringify(storableText(result)), JSON.stringify(storableText(result.plan)), result.planFallbackReason ?? null, result.verification?.evidenceId ?? null],
+        { taskId: result.taskId, kind: 'task.finished', data: { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) }, key: activityKey() },
       );
-      await audit(pool, result.taskId, 'task.finished', { status: result.status, cancelled: result.cancelled, error: result.error && redactor.redact(result.error) }, activityKey());
     },
   };
+}
+
+/** The audit event of a subtask's end: it names the exact role version and the digest of what the role was given. */
+function subtaskEvent(taskId: string, result: SubtaskResult): AuditEvent {
+  const role = result.roleVersion ? `${result.role}@${result.roleVersion}` : result.role;
+  return { taskId, kind: `subtask.${result.status}`, data: { subtaskId: result.id, role, contextDigests: result.contextDigests ?? [], attempts: result.attempts, score: result.score }, key: activityKey() };
 }

@@ -12,7 +12,7 @@ import { activityKey, canonicalJson } from './idempotency';
 import { callModelWithHeartbeat } from './modelActivity';
 import { recordVerificationMetrics } from './metrics';
 import { atRestOf } from '../infra/crypto/atRest';
-import { audit } from '../infra/db/records';
+import { writeAudited } from '../infra/db/records';
 import { fieldAt, fileChangesOf, runCheckCommand, toolOutputsOf, type CommandEvidence, type ToolOutputEvidence } from './evidence';
 import { resolveInWorkspace, taskWorkspace } from './workspace';
 import { commandAllowed, describeAllowed } from '../infra/commandAllowlist';
@@ -89,7 +89,6 @@ async function verifyAttempt(deps: ActivityDeps, input: VerifyInput): Promise<Ve
       ? failedOnes.map((r) => `${describeCriterion(r.criterion)}: ${r.detail}`).join('; ')
       : `composite score ${score.toFixed(2)} is below the role's threshold ${input.threshold}`;
   const evidenceId = await storeEvidence(deps, input, { files, spend, results, score, passed });
-  await audit(deps.pool, input.taskId, passed ? 'verify.passed' : 'verify.failed', { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId }, activityKey());
   recordVerificationMetrics({ role: input.role ?? (input.subtaskId === TASK_SCOPE ? TASK_SCOPE : 'unknown'), score, passed });
   // The feedback reaches the progress query and the retry's prompt: no secrets in it.
   return { passed, score, threshold: input.threshold, feedback: deps.redactor.redact(feedback), evidenceId, results, usage: spend.usage, models: [...spend.models] };
@@ -126,10 +125,13 @@ async function storeEvidence(deps: ActivityDeps, input: VerifyInput, { files, sp
     passed,
   }));
   const evidenceId = sha256(canonicalJson(evidence));
-  await pool.query(
+  // The bundle and the audit of the outcome, in one statement.
+  await writeAudited(
+    pool,
     `INSERT INTO evidence (evidence_id, task_id, subtask_id, attempt, passed, score, body) VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (evidence_id) DO NOTHING`,
     [evidenceId, input.taskId, input.subtaskId, input.attempt, passed, score, JSON.stringify(evidence)],
+    { taskId: input.taskId, kind: passed ? 'verify.passed' : 'verify.failed', data: { subtaskId: input.subtaskId, attempt: input.attempt, score, evidenceId }, key: activityKey() },
   );
   return evidenceId;
 }

@@ -9,7 +9,7 @@ const root = path.join(__dirname, '..');
 function typeErrors(body: string): string[] {
   const file = path.join(root, 'workflows', '__groups_probe__.ts');
   const source = [
-    "import { bookkeeping, compensations, modelsWith, verifierWith } from './activityProfiles';",
+    "import { bookkeeping, compensations, modelsWith, verifierFor } from './activityProfiles';",
     'export async function probe(): Promise<void> {',
     body,
     '}',
@@ -29,9 +29,9 @@ function typeErrors(body: string): string[] {
 test('each proxy offers its own group only: a model call through bookkeeping() does not compile', () => {
   const allowed = typeErrors(
     [
-      "  await bookkeeping('s').loadRole({} as never);",
+      "  await bookkeeping('s').embody({} as never);",
       "  await modelsWith('s').callModel({} as never);",
-      "  await verifierWith('s').verify({} as never);",
+      "  await verifierFor([], 's').verify({} as never);",
       "  await compensations('s').compensate({} as never);",
     ].join('\n'),
   );
@@ -40,10 +40,10 @@ test('each proxy offers its own group only: a model call through bookkeeping() d
     [
       "  await bookkeeping('s').callModel({} as never);",
       "  await bookkeeping('s').compensate({} as never);",
-      "  await modelsWith('s').loadRole({} as never);",
+      "  await modelsWith('s').embody({} as never);",
       "  await compensations('s').verify({} as never);",
     ].join('\n'),
   );
   expect(refused).toHaveLength(4);
-  for (const [i, name] of ['callModel', 'compensate', 'loadRole', 'verify'].entries()) expect(refused[i]).toContain(`Property '${name}' does not exist`);
+  for (const [i, name] of ['callModel', 'compensate', 'embody', 'verify'].entries()) expect(refused[i]).toContain(`Property '${name}' does not exist`);
 }, 120_000);

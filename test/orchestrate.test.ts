@@ -72,8 +72,8 @@ test('happy path: the demo task is decomposed, executed by two roles with tools,
   const child = scheduledActivities(childEvents);
   await recordHistories('happy');
   expect(child).toEqual(['callModel', 'workspace.read', 'callModel', 'workspace.write', 'callModel', 'verify']);
-  // bookkeeping runs as local activities: recorded as markers, no task-queue round trip
-  expect(localActivities(childEvents)).toEqual(['loadRole', 'toolCatalog', 'loadPolicies', 'recordSubtask', 'recordEmbodiments']);
+  // bookkeeping runs as local activities (markers, no task-queue round trip), one at the embodiment's start and one at the end
+  expect(localActivities(childEvents)).toEqual(['embody', 'finishSubtask']);
   const parentEvents = await historyOf(stack, taskWorkflowId('happy'));
   expect(localActivities(parentEvents)).toEqual(['startTask', 'recordTaskFinished']);
   expect(scheduledActivities(parentEvents)).toEqual(['decompose']);

@@ -213,7 +213,7 @@ describe('spans through the Temporal interceptors', () => {
     expect(spans.filter((s) => /^(RunWorkflow|StartActivity|StartChildWorkflow|HandleSignal):/.test(s.name))).toEqual([]);
     // The supervisor signal an activity sends through the worker's client joins the trace too.
     const signal = named('SignalWithStartWorkflow:superviseRole');
-    expect(spans.find((s) => s.spanId === signal.parentSpanId)?.name).toBe('RunActivity:recordEmbodiments');
+    expect(spans.find((s) => s.spanId === signal.parentSpanId)?.name).toBe('RunActivity:finishSubtask');
     expect(new Set(spans.map((s) => s.serviceName))).toEqual(new Set(['mare-tracing-test']));
 
     // The run's history replays.

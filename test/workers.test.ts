@@ -124,7 +124,7 @@ test('a worker killed with SIGKILL mid-run: the other worker finishes every task
 async function embodiment(taskId: string): Promise<{ version: string; loadedBy: string }> {
   const result = await stack.client.result(taskId);
   const events = await historyOf(stack, `${taskWorkflowId(taskId)}--w`);
-  // loadRole is a local activity: it ran in the workflow task completed just before its marker.
+  // embody (which loads the role) is a local activity: it ran in the workflow task completed just before its marker.
   const marker = events.findIndex((e) => e.markerRecordedEventAttributes);
   const completed = events.slice(0, marker).reverse().find((e) => e.workflowTaskCompletedEventAttributes);
   return { version: result.subtasks[0]?.roleVersion ?? '', loadedBy: completed?.workflowTaskCompletedEventAttributes?.identity ?? '' };

@@ -114,7 +114,7 @@ export async function createMareWorker(opts: MareWorkerOptions): Promise<MareWor
       connection: opts.connection,
       namespace: opts.namespace ?? 'default',
       taskQueue: orchestration && opts.taskQueue ? opts.taskQueue : TASK_QUEUES[kind],
-      ...(orchestration ? (opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }) : {}),
+      ...(orchestration ? (opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH, bundlerOptions: { preloadModules: [...SHARED_WORKFLOW_MODULES] } }) : {}),
       dataConverter,
       activities,
       ...(opts.identity ? { identity: opts.identity } : {}),
@@ -170,6 +170,17 @@ export async function openWorkerServices(opts: { pool: Pool; logger?: Logger; to
 const WORKFLOWS_PATH = require.resolve('../workflows');
 
 /**
+ * Libraries the workflow code uses that hold no per-run state, loaded ONCE per workflow thread and
+ * shared by every run instead of initialised again for each one (the SDK's reusable V8 context gives
+ * each run its own copy of every other module). RE2 (`core/patterns.ts`) and Ed25519
+ * (`core/approvalSignature.ts`) are the bulk of the bundle besides the SDK: per run they cost
+ * module set-up time and heap while most runs never match a pattern or verify a signature
+ * (`npm run bench`, bench/TUNING.md). The SDK deep-freezes shared modules; tests run every pattern
+ * and signature path through workflows on them.
+ */
+export const SHARED_WORKFLOW_MODULES = ['re2js', '@noble/curves/ed25519', '@noble/hashes/utils'] as const;
+
+/**
  * Bundles MARE's workflow code with its failure converter and the trace-context interceptor (a
  * worker given a prebuilt bundle uses the bundle's, so every bundle carries both; tracing itself is
  * switched on per process by the environment).
@@ -179,6 +190,7 @@ export async function bundleMareWorkflows(logger?: Parameters<typeof bundleWorkf
     workflowsPath: WORKFLOWS_PATH,
     failureConverterPath: FAILURE_CONVERTER_PATH,
     workflowInterceptorModules: [TRACING_WORKFLOW_INTERCEPTOR_MODULE],
+    preloadModules: [...SHARED_WORKFLOW_MODULES],
     ...(logger ? { logger } : {}),
   });
   return code;

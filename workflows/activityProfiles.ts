@@ -1,6 +1,7 @@
 import { ActivityCancellationType, proxyActivities, proxyLocalActivities, type ActivityOptions, type RetryPolicy } from '@temporalio/workflow';
 import type { BookkeepingActivities, CompensationActivities, ModelActivities, VerifyActivities } from '../activities';
 import { oneLine, TASK_QUEUES } from '../core/constants';
+import type { Criterion } from '../validation';
 import type { ToolCallContext, ToolInfo, ToolResult } from '../validation/tools';
 
 const STORE_RETRY: RetryPolicy = { initialInterval: '500 ms', maximumInterval: '10 seconds', maximumAttempts: 20 };
@@ -30,8 +31,31 @@ export function modelsWith(summary: string): ModelActivities {
   return proxyActivities<ModelActivities>({ ...MODEL_OPTIONS, summary: oneLineSummary(summary) });
 }
 
-/** The verifier: a model call too, with the same options, and a one-line summary for the Web UI. */
-export function verifierWith(summary: string): VerifyActivities {
+/**
+ * Which criteria the verifier checks in a moment, without a model or a command: reads of the output,
+ * the workspace and the recorded tool calls. Every kind is listed, so a new one must be classified.
+ */
+const QUICK_CRITERIA: Record<Criterion['kind'], boolean> = {
+  output_contains: true,
+  file_exists: true,
+  file_contains: true,
+  file_matches: true,
+  json_schema: true,
+  tool_result_field: true,
+  judged: false, // a model call
+  command_succeeds: false, // a sandboxed command, up to its time limit
+};
+
+/**
+ * The verifier of `criteria`, with a one-line summary for the Web UI. Quick criteria only: a local
+ * activity like the bookkeeping (its verdict and evidence id recorded in a marker, no task-queue
+ * round trip: `npm run bench` measured the cost, bench/TUNING.md). Any judged or command criterion:
+ * an activity on the models queue, with the model calls' options.
+ */
+export function verifierFor(criteria: readonly Criterion[], summary: string): VerifyActivities {
+  if (criteria.every((c) => QUICK_CRITERIA[c.kind])) {
+    return proxyLocalActivities<VerifyActivities>({ startToCloseTimeout: '1 minute', retry: STORE_RETRY, summary: oneLineSummary(summary) });
+  }
   return proxyActivities<VerifyActivities>({ ...MODEL_OPTIONS, summary: oneLineSummary(summary) });
 }
 

@@ -11,9 +11,9 @@ import {
 } from '@temporalio/workflow';
 import { SEARCH_ATTRIBUTES, supervisorWorkflowId } from '../core/constants';
 import { errorMessage, failureType } from '../core/errors';
-import { toolGrants } from '../core/permissions';
 import { addUsage, ZERO_USAGE } from '../core/usage';
 import type { LoadedPolicy, LoadedRole, RoleProfile, Sensitivity, SubtaskInput, SubtaskProgress, SubtaskResult, TokenUsage, ToolCatalogView } from '../validation';
+import type { EmbodimentsReport } from '../activities';
 import { bookkeeping as store } from './activityProfiles';
 import { ApprovalDesk } from './approvals';
 import { acquireSlotSignal, releaseSlotSignal, slotGrantedSignal, subtaskProgressQuery } from './definitions';
@@ -95,7 +95,14 @@ export class Embodiment {
    */
   async embodyFirst(): Promise<LoadedRole> {
     const { subtask } = this.input;
-    const loaded = await store(`load role ${subtask.role} for ${subtask.id}`).loadRole({ taskId: this.taskId, subtaskId: subtask.id, name: subtask.role, title: subtask.title, tenant: this.tenant });
+    const { loaded, catalog, policies } = await store(`embody ${subtask.role} for ${subtask.id}: role, tools, policies`).embody({
+      taskId: this.taskId,
+      subtaskId: subtask.id,
+      name: subtask.role,
+      title: subtask.title,
+      tenant: this.tenant,
+      pinPolicies: true,
+    });
     const role = loaded.profile;
     Object.assign(this.result, {
       role: role.name,
@@ -113,8 +120,8 @@ export class Embodiment {
       { key: SEARCH_ATTRIBUTES.roles, value: [this.progress.role] },
       { key: SEARCH_ATTRIBUTES.taskId, value: this.taskId },
     ]);
-    this.catalog = await store(`pin the tools of ${this.progress.role}`).toolCatalog({ tools: toolGrants(role).map((g) => g.tool) });
-    this.policies = await store('pin the policies in force').loadPolicies();
+    this.catalog = catalog;
+    this.policies = policies ?? [];
     return loaded;
   }
 
@@ -124,7 +131,14 @@ export class Embodiment {
    */
   async embodyNext(name: string, failure: string): Promise<LoadedRole> {
     const { subtask } = this.input;
-    const next = await store(`load role ${name} for ${subtask.id} (escalation)`).loadRole({ taskId: this.taskId, subtaskId: subtask.id, name, title: subtask.title, tenant: this.tenant });
+    const { loaded: next, catalog } = await store(`embody ${name} for ${subtask.id} (escalation): role, tools`).embody({
+      taskId: this.taskId,
+      subtaskId: subtask.id,
+      name,
+      title: subtask.title,
+      tenant: this.tenant,
+      pinPolicies: false,
+    });
     const id = `${next.profile.name}@${next.profile.version}`;
     if (this.embodied.some((e) => e.startsWith(`${next.profile.name}@`))) {
       throw ApplicationFailure.nonRetryable(`${failure}; escalation to ${name} would embody ${id} again`, 'VerificationFailed');
@@ -133,7 +147,7 @@ export class Embodiment {
     this.endEmbodiment();
     await this.releaseSlot();
     const role = next.profile;
-    this.catalog = await store(`pin the tools of ${id}`).toolCatalog({ tools: toolGrants(role).map((g) => g.tool) });
+    this.catalog = catalog;
     this.agentTokens = 0;
     Object.assign(this.result, { role: role.name, roleVersion: role.version, roleChecksum: next.checksum, roleSource: next.source, escalatedFrom: [...(this.result.escalatedFrom ?? []), this.embodied[this.embodied.length - 2]!] });
     this.progress.role = id;
@@ -182,8 +196,13 @@ export class Embodiment {
     const record = async (): Promise<void> => {
       await this.desk.close();
       await this.releaseSlot();
-      await store(`record subtask ${this.subtaskId}: ${result.status}`).recordSubtask({ taskId: this.taskId, result });
-      await this.recordEmbodiments();
+      const embodiments = this.embodimentsReport();
+      await store(`record subtask ${this.subtaskId}: ${result.status}${embodiments ? `, ${embodiments.embodiments.length} embodiment(s)` : ''}`).finishSubtask({
+        taskId: this.taskId,
+        result,
+        ...(embodiments ? { embodiments } : {}),
+      });
+      this.records.length = 0;
     };
     // A failed or cancelled subtask is still recorded while the run is being cancelled.
     if (failure === undefined) {
@@ -234,13 +253,13 @@ export class Embodiment {
     if (last && last.ended === undefined) last.ended = Date.now();
   }
 
-  /** One reliability row per embodiment, and its outcome signalled to the role's supervisor for this tenant. */
-  private async recordEmbodiments(): Promise<void> {
+  /** One reliability row per embodiment, each outcome reported to the role's supervisor for this tenant (by `finishSubtask`). */
+  private embodimentsReport(): EmbodimentsReport | undefined {
     const { records, result } = this;
-    if (!records.length) return;
+    if (!records.length) return undefined;
     // eslint-disable-next-line no-restricted-properties -- Temporal's replayed clock, for the embodiments' latency
     const ended = Date.now();
-    await store(`record ${records.length} embodiment(s) of ${this.subtaskId}`).recordEmbodiments({
+    return {
       taskId: this.taskId,
       subtaskId: this.subtaskId,
       workflowId: this.workflowId,
@@ -261,7 +280,6 @@ export class Embodiment {
           usage: { inputTokens: until.inputTokens - e.usageStart.inputTokens, outputTokens: until.outputTokens - e.usageStart.outputTokens },
         };
       }),
-    });
-    records.length = 0;
+    };
   }
 }

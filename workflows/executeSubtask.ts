@@ -2,7 +2,7 @@ import { ApplicationFailure } from '@temporalio/workflow';
 import { MAX_VERIFY_ATTEMPTS } from '../core/constants';
 import { buildAgentContext } from '../core/inject';
 import type { LoadedRole, RoleProfile, SubtaskInput, SubtaskResult } from '../validation';
-import { verifierWith } from './activityProfiles';
+import { verifierFor } from './activityProfiles';
 import { agentLoop } from './agentLoop';
 import { Embodiment } from './embodiment';
 import { workflowVersions } from './versions';
@@ -55,7 +55,7 @@ async function attempts(run: Embodiment, loaded: LoadedRole): Promise<Failed | u
 
     progress.state = 'verifying';
     run.step(`verifying attempt ${attempt}`);
-    const verdict = await verifierWith(`verify attempt ${attempt} [${role.name}]`).verify({
+    const verdict = await verifierFor(input.subtask.acceptanceCriteria, `verify attempt ${attempt} [${role.name}]`).verify({
       taskId: run.taskId,
       subtaskId: run.subtaskId,
       attempt,

@@ -14,7 +14,7 @@ import type { CompensationOutcome, Plan, Subtask, SubtaskResult, TaskRequest, Ta
 import { oneLine, SEARCH_ATTRIBUTES, subtaskWorkflowId, TASK_SCOPE } from '../core/constants';
 import { attemptOfCallKey, toolCallTarget } from '../core/describe';
 import { addUsage, ZERO_USAGE } from '../core/usage';
-import { bookkeeping as store, compensations, modelsWith, verifierWith } from './activityProfiles';
+import { bookkeeping as store, compensations, modelsWith, verifierFor } from './activityProfiles';
 import { errorMessage, failureType } from '../core/errors';
 import { executeSubtask } from './executeSubtask';
 import { TaskBoard } from './taskBoard';
@@ -216,7 +216,7 @@ async function verifyTask(board: TaskBoard, req: TaskRequest, work: Work): Promi
   const criteria = req.acceptanceCriteria ?? [];
   board.progress.phase = 'verifying';
   board.show(`verifying the task's ${criteria.length} acceptance criteria`);
-  const verdict = await verifierWith("verify the task's own acceptance criteria").verify({
+  const verdict = await verifierFor(criteria, "verify the task's own acceptance criteria").verify({
     taskId: req.taskId,
     subtaskId: TASK_SCOPE,
     attempt: 1,

@@ -21,6 +21,17 @@ export interface EmbodimentReport {
   usage: TokenUsage;
 }
 
+/** The embodiments of one subtask, reported when it ends. */
+export interface EmbodimentsReport {
+  taskId: string;
+  subtaskId: string;
+  workflowId: string;
+  tenant?: string;
+  models: string[];
+  escalations: number;
+  embodiments: EmbodimentReport[];
+}
+
 /** Reliability records of finished embodiments, and enforcement by the role supervisors. */
 export function createReliabilityActivities(deps: ActivityDeps) {
   const { pool } = deps;
@@ -29,7 +40,7 @@ export function createReliabilityActivities(deps: ActivityDeps) {
      * Stores one reliability row per embodiment (once per key) and signals each outcome to the
      * supervisor of its role for the task's tenant, starting it if it is not running (signal-with-start).
      */
-    async recordEmbodiments(input: { taskId: string; subtaskId: string; workflowId: string; tenant?: string; models: string[]; escalations: number; embodiments: EmbodimentReport[] }): Promise<void> {
+    async recordEmbodiments(input: EmbodimentsReport): Promise<void> {
       const client = Context.current().client;
       const tenant = checkTenant(input.tenant);
       for (const [i, e] of input.embodiments.entries()) {

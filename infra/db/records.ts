@@ -34,6 +34,28 @@ export async function audit(pool: Pool, taskId: string, kind: string, data: unkn
   );
 }
 
+/** An audit event: of which task, what kind, its data, and the key that makes it once-only. */
+export interface AuditEvent {
+  taskId: string;
+  kind: string;
+  data: unknown;
+  key: string;
+}
+
+/**
+ * A write (an INSERT or UPDATE with parameters $1…$n) and its audit event in ONE statement: one
+ * round trip to PostgreSQL instead of two for the bookkeeping every task and subtask does. Both
+ * take effect, or neither.
+ */
+export async function writeAudited(pool: Pool, sql: string, params: unknown[], event: AuditEvent): Promise<void> {
+  const n = params.length;
+  await pool.query(
+    `WITH written AS (${sql})
+     INSERT INTO audit_events (event_key, task_id, kind, data) VALUES ($${n + 1}, $${n + 2}, $${n + 3}, $${n + 4}) ON CONFLICT (event_key) DO NOTHING`,
+    [...params, `${event.key}:${event.kind}`, event.taskId, event.kind, JSON.stringify(storableText(event.data))],
+  );
+}
+
 /** One policy decision, with the key of the call it was made for. */
 export interface PolicyDecisionRecord {
   taskId: string;
