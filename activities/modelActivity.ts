@@ -11,7 +11,7 @@ import { recordModelMetrics } from './metrics';
 import { checkSystemModelCall, SYSTEM_CALLER } from './policy/gate';
 import { classifyModelError } from '../infra/models/model';
 import { detectSensitivity } from '../infra/secrets';
-import { recordPolicyDecision } from '../infra/db/records';
+import { allowedDecisionStatement, chained, recordPolicyDecision, type Statement } from '../infra/db/records';
 import type { ToolDescriptor } from '../infra/tools/catalog';
 
 const HEARTBEAT_EVERY_MS = 5_000;
@@ -25,12 +25,14 @@ export async function callModelWithHeartbeat(
   deps: Pick<ActivityDeps, 'model' | 'pool' | 'policies' | 'redactor' | 'tools' | 'atRest'>,
   req: ModelRequest & { goal?: string; toolSpecs?: ToolDescriptor[] },
   callIndex = 0,
+  /** A write to make in the transcript's statement (the call's allowed policy decision). */
+  alongside?: Statement,
 ): Promise<ModelResponse> {
   const ctx = Context.current();
   await checkSystemModelCall(deps, req, `${activityKey()}:${callIndex}`);
   const { model, pool } = deps;
   const atRest = atRestOf(deps);
-  const messages = await expandMessages(pool, req.transcript ? await appendTranscript(pool, atRest, req.transcript, req.messages) : req.messages, atRest);
+  const messages = await expandMessages(pool, req.transcript ? await appendTranscript(pool, atRest, req.transcript, req.messages, alongside) : req.messages, atRest);
   const timer = setInterval(() => ctx.heartbeat(), HEARTBEAT_EVERY_MS);
   let response: ModelResponse;
   try {
@@ -65,16 +67,18 @@ export async function callModelWithHeartbeat(
  * so it is a no-op), and returns the transcript up to and including them, opened: ONE statement
  * (the earlier messages read back, the new ones inserted), since it runs on every model call.
  */
-async function appendTranscript(pool: Pool, atRest: AtRest, transcript: { id: string; offset: number }, added: ChatMessage[]): Promise<ChatMessage[]> {
+async function appendTranscript(pool: Pool, atRest: AtRest, transcript: { id: string; offset: number }, added: ChatMessage[], alongside?: Statement): Promise<ChatMessage[]> {
   const sealed = added.map((message) => atRest.sealJson(storableText(message))); // jsonb cannot hold NUL
-  const { rows } = await pool.query<{ message: unknown }>(
-    `WITH added AS (
+  const append: Statement = {
+    sql: `WITH added AS (
        INSERT INTO transcript_messages (transcript_id, seq, message)
        SELECT $1, $2 + ord::int - 1, m::jsonb FROM unnest($3::text[]) WITH ORDINALITY AS t(m, ord)
        ON CONFLICT (transcript_id, seq) DO NOTHING)
      SELECT message FROM transcript_messages WHERE transcript_id = $1 AND seq < $2 ORDER BY seq`,
-    [transcript.id, transcript.offset, sealed],
-  );
+    params: [transcript.id, transcript.offset, sealed],
+  };
+  const statement = alongside ? chained(alongside, append) : append;
+  const { rows } = await pool.query<{ message: unknown }>(statement.sql, statement.params);
   if (rows.length !== transcript.offset) {
     throw ApplicationFailure.nonRetryable(`transcript ${transcript.id} has ${rows.length} earlier messages, expected ${transcript.offset}`, 'TranscriptIncomplete');
   }
@@ -93,10 +97,11 @@ export function createModelActivities(deps: ActivityDeps) {
         if (err instanceof McpUnavailableError) throw ApplicationFailure.retryable(deps.redactor.redact(err.message), 'ToolUnavailable');
         throw err;
       }
-      if (req.policy && req.meta.subtaskId) {
-        await recordPolicyDecision(deps.pool, deps.redactor, { taskId: req.meta.taskId, subtaskId: req.meta.subtaskId, key: req.policy.key, kind: 'model', target: req.policy.target, decision: req.policy.decision }, activityKey());
-      }
-      const response = await callModelWithHeartbeat(deps, { ...req, toolSpecs });
+      const decision = req.policy && req.meta.subtaskId ? { taskId: req.meta.taskId, subtaskId: req.meta.subtaskId, key: req.policy.key, kind: 'model' as const, target: req.policy.target, decision: req.policy.decision } : undefined;
+      // An allowed decision's row rides along with the transcript's statement; any other is written (and audited) first.
+      const allowed = req.transcript ? allowedDecisionStatement(deps.redactor, decision) : undefined;
+      if (decision && !allowed) await recordPolicyDecision(deps.pool, deps.redactor, decision, activityKey());
+      const response = await callModelWithHeartbeat(deps, { ...req, toolSpecs }, 0, allowed);
       deps.logger.debug({ model: response.model, kind: response.kind, usage: response.usage, subtask: req.meta.subtaskId }, 'model call');
       if (response.kind !== 'tool_calls') return response;
       // What the model put in the arguments is checked here, where the secrets are known; policies see the result.

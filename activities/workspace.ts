@@ -16,7 +16,7 @@ import {
 } from '../validation';
 import { TOOL_OUTPUT_HISTORY_LIMIT } from '../core/constants';
 import type { ActivityDeps } from './deps';
-import { audit, putBlob, recordPolicyDecision } from '../infra/db/records';
+import { allowedDecisionStatement, audit, chained, putBlob, recordPolicyDecision } from '../infra/db/records';
 import { atRestOf } from '../infra/crypto/atRest';
 import { expandArgs } from './blobRefs';
 import { sha256 } from '../infra/crypto/digest';
@@ -104,9 +104,14 @@ export function createWorkspaceActivities(deps: ActivityDeps) {
     rawArgs: unknown,
     fn: (args: z.infer<S>, workspace: string) => Promise<ToolResult>,
   ): Promise<ToolResult> {
-    const earlier = await pool.query<{ result: unknown }>('SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', [ctx.callKey]);
+    // The allowed decision's row and the lookup of an earlier run of this call: one statement.
+    const decision = ctx.policy && { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool' as const, target: tool, decision: ctx.policy };
+    const allowed = allowedDecisionStatement(redactor, decision);
+    const lookup = { sql: 'SELECT result FROM tool_calls WHERE call_key = $1 AND result IS NOT NULL', params: [ctx.callKey] };
+    const statement = allowed ? chained(allowed, lookup) : lookup;
+    const earlier = await pool.query<{ result: unknown }>(statement.sql, statement.params);
     if (earlier.rows[0]) return atRest.openJson<ToolResult>(earlier.rows[0].result);
-    if (ctx.policy) await recordPolicyDecision(pool, redactor, { taskId: ctx.taskId, subtaskId: ctx.subtaskId, key: ctx.callKey, kind: 'tool', target: tool, decision: ctx.policy }, activityKey());
+    if (decision && !allowed) await recordPolicyDecision(pool, redactor, decision, activityKey());
     const args = await expandArgs(pool, rawArgs, atRest);
     const parsed = schema.safeParse(args);
     const dirty = textProblems(args);

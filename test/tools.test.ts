@@ -11,7 +11,7 @@ import { createRedactor } from '../infra/secrets';
 import { type ApprovalView } from '../validation';
 import { SEARCH_ATTRIBUTES, subtaskWorkflowId, taskWorkflowId } from '../core/constants';
 import { createLogger } from '../workers/logger';
-import { createTestStack, freePort, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
+import { createTestStack, freePort, historyOf, localActivities, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from './helpers';
 
 let stack: TestStack;
 let fsRoot: string;
@@ -142,7 +142,9 @@ test('MCP tools over stdio and streamable HTTP: each call is an activity named a
   expect(result.status).toBe('COMPLETED');
   expect(readFileSync(file('hello.md'), 'utf8')).toBe('# Hello from MCP');
   const events = await historyOf(stack, subtaskWorkflowId('mcp-basic', 'a'));
-  expect(scheduledActivities(events)).toEqual(['callModel', 'fs.write_file', 'callModel', 'fs.read_text_file', 'callModel', 'everything.echo', 'callModel', 'keyed.echo', 'callModel', 'verify']);
+  expect(scheduledActivities(events)).toEqual(['callModel', 'fs.write_file', 'callModel', 'fs.read_text_file', 'callModel', 'everything.echo', 'callModel', 'keyed.echo', 'callModel']);
+  // Its criteria are quick checks: verified in a local activity, between the two bookkeeping steps.
+  expect(localActivities(events)).toEqual(['embody', 'verify', 'finishSubtask']);
   // Each tool activity has its summary (tool, target, role, attempt: no other argument) and the tool's own timeout.
   const writeEvent = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'fs.write_file');
   expect(Number(writeEvent?.activityTaskScheduledEventAttributes?.startToCloseTimeout?.seconds)).toBe(20);

@@ -170,15 +170,16 @@ export async function openWorkerServices(opts: { pool: Pool; logger?: Logger; to
 const WORKFLOWS_PATH = require.resolve('../workflows');
 
 /**
- * Libraries the workflow code uses that hold no per-run state, loaded ONCE per workflow thread and
+ * Modules of the workflow code that hold no per-run state, loaded ONCE per workflow thread and
  * shared by every run instead of initialised again for each one (the SDK's reusable V8 context gives
- * each run its own copy of every other module). RE2 (`core/patterns.ts`) and Ed25519
- * (`core/approvalSignature.ts`) are the bulk of the bundle besides the SDK: per run they cost
- * module set-up time and heap while most runs never match a pattern or verify a signature
- * (`npm run bench`, bench/TUNING.md). The SDK deep-freezes shared modules; tests run every pattern
- * and signature path through workflows on them.
+ * each run its own copy of every other module): `core/patterns.ts` with RE2 and
+ * `core/approvalSignature.ts` with Ed25519, the bulk of the bundle besides the SDK, whose set-up
+ * every run paid in time and heap while most runs never match a pattern or verify a signature
+ * (`npm run bench`, bench/TUNING.md). Our modules and not the libraries themselves: the bundler
+ * drops a bare preload of a package that declares no side effects. The SDK deep-freezes shared
+ * modules; the tests run every pattern and signature path through workflows on them.
  */
-export const SHARED_WORKFLOW_MODULES = ['re2js', '@noble/curves/ed25519', '@noble/hashes/utils'] as const;
+export const SHARED_WORKFLOW_MODULES = [require.resolve('../core/patterns'), require.resolve('../core/approvalSignature')] as const;
 
 /**
  * Bundles MARE's workflow code with its failure converter and the trace-context interceptor (a
