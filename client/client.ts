@@ -200,7 +200,9 @@ export class MareClient {
           `concurrency ${request.concurrency}, at most ${request.maxSubtasks} subtasks, ${request.acceptanceCriteria?.length ?? 0} task-level criteria`,
         ].join('\n\n'),
         memo: { goal: request.goal, tenant: request.tenant },
+        // The run's first search attributes, so it need not upsert them itself (orchestrateTask checks).
         typedSearchAttributes: [
+          { key: SEARCH_ATTRIBUTES.taskStatus, value: 'RUNNING' },
           { key: SEARCH_ATTRIBUTES.taskId, value: request.taskId },
           { key: SEARCH_ATTRIBUTES.tenant, value: request.tenant },
         ],

@@ -49,11 +49,14 @@ export async function orchestrateTask(input: TaskRequest): Promise<TaskResult> {
 
   // 0. Validate the request (defaults applied) and record the task.
   const req = await startTask(input);
-  upsertSearchAttributes([
+  const running = [
     { key: SEARCH_ATTRIBUTES.taskStatus, value: 'RUNNING' },
     { key: SEARCH_ATTRIBUTES.tenant, value: req.tenant },
     { key: SEARCH_ATTRIBUTES.taskId, value: req.taskId },
-  ]);
+  ] as const;
+  // MareClient starts the run with them already (no event, no visibility update); any other start gets them here.
+  const given = workflowInfo().typedSearchAttributes;
+  if (!running.every(({ key, value }) => given.get(key) === value)) upsertSearchAttributes([...running]);
 
   const work: Work = { plan: { subtasks: [] }, usage: ZERO_USAGE, models: new Set(), finished: [], failed: [] };
   try {
@@ -109,6 +112,8 @@ async function startTask(request: TaskRequest): Promise<TaskRequest> {
   } catch (err) {
     // A bad request fails the run with the validator's message, not as an activity failure.
     if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidTaskRequest') {
+      // A start that said RUNNING (search attributes given at start) must not keep saying it.
+      if (workflowInfo().typedSearchAttributes.get(SEARCH_ATTRIBUTES.taskStatus)) upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.taskStatus, value: 'FAILED' }]);
       throw ApplicationFailure.nonRetryable(err.cause.message, 'InvalidTaskRequest');
     }
     throw err;

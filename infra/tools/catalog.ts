@@ -124,9 +124,9 @@ export class ToolCatalog {
   async describe(names: string[]): Promise<ToolDescriptor[]> {
     const out: ToolDescriptor[] = [];
     for (const name of names) {
-      const builtin = BUILTIN_TOOLS.find((t) => t.name === name);
+      const builtin = builtinDescriptor(name);
       if (builtin) {
-        out.push({ name, description: builtin.description, inputSchema: z.toJSONSchema(builtin.inputSchema) });
+        out.push(builtin);
         continue;
       }
       const entry = this.mcp.get(name);
@@ -146,4 +146,18 @@ export class ToolCatalog {
   async close(): Promise<void> {
     await this.hub.close();
   }
+}
+
+/** The built-in tools as the model sees them, their JSON Schemas converted once (every model call offers them); each caller gets its own copy. */
+const builtinDescriptors = new Map<string, ToolDescriptor>();
+
+function builtinDescriptor(name: string): ToolDescriptor | undefined {
+  let descriptor = builtinDescriptors.get(name);
+  if (!descriptor) {
+    const builtin = BUILTIN_TOOLS.find((t) => t.name === name);
+    if (!builtin) return undefined;
+    descriptor = { name, description: builtin.description, inputSchema: z.toJSONSchema(builtin.inputSchema) };
+    builtinDescriptors.set(name, descriptor);
+  }
+  return { ...descriptor, inputSchema: structuredClone(descriptor.inputSchema) };
 }
