@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { subtaskWorkflowId, taskWorkflowId } from '../../core/constants';
-import { activityPayloads, allPayloadText, createTestStack, historyOf, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from '../helpers';
+import { activityPayloads, allPayloadText, createTestStack, historyOf, localActivities, planReply, scheduledActivities, toolCall, type ScriptInput, type TestStack } from '../helpers';
 import { activityRuns } from './helpers';
 
 let stack: TestStack;
@@ -70,7 +70,7 @@ test('a tool returns 3 MB and the model sends 3 MB back → both stored in blobs
   expect(modelResults[1]).toMatch(/"content":\{"\$blob":"[0-9a-f]{64}","size":3145728\}/);
 
   // the oversized write ran once, was refused with a clear message and touched nothing
-  // (bookkeeping such as loadRole may run as local activities: only model, tool and verify steps are listed)
+  // (bookkeeping runs as local activities, and so does the verifier of this quick criterion: only model and tool steps are listed)
   const runs = activityRuns(subtaskWorkflowId('huge', 'big'), child).filter((r) => ['callModel', 'workspace.read', 'workspace.write', 'verify'].includes(r.type));
   expect(runs.map((r) => `${r.type}:${r.attempt}:${r.outcome}`)).toEqual([
     'callModel:1:completed',
@@ -78,8 +78,8 @@ test('a tool returns 3 MB and the model sends 3 MB back → both stored in blobs
     'callModel:1:completed',
     'workspace.write:1:completed',
     'callModel:1:completed',
-    'verify:1:completed',
   ]);
+  expect(localActivities(child)).toEqual(['embody', 'verify', 'finishSubtask']);
   const { rows: calls } = await stack.pool.query(`SELECT tool, status, detail, attempts FROM tool_calls WHERE task_id = 'huge' ORDER BY created_at`);
   expect(calls.map((c) => [c.tool, c.status, c.attempts])).toEqual([
     ['workspace.read', 'ok', 1],
@@ -121,6 +121,7 @@ test('a model that calls tools forever → BudgetExceeded after exactly 8 callMo
   expect(activities.filter((a) => a === 'callModel')).toHaveLength(8);
   expect(activities.filter((a) => a === 'workspace.write')).toHaveLength(8);
   expect(activities).not.toContain('verify');
+  expect(localActivities(child)).not.toContain('verify');
   const inputs = activityPayloads(child, 'callModel', 'input');
   expect(inputs.every((i) => i.includes('"attempt":1'))).toBe(true);
   const failure = child.find((e) => e.workflowExecutionFailedEventAttributes)?.workflowExecutionFailedEventAttributes?.failure;
