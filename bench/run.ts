@@ -188,7 +188,7 @@ async function main(): Promise<void> {
         { worker: worker.pid, server: s.server.pid },
       );
       if (settings.historySample > 0 && figures.completed > 0) {
-        const h = await historyFigures(s.client, arm, ids.slice(0, settings.historySample), arm === 'B0' ? 1 : phase.m);
+        const h = await historyFigures(client, arm, ids.slice(0, settings.historySample), arm === 'B0' ? 1 : phase.m);
         figures.historyEventsPerTask = h.events;
         figures.stateTransitionsPerTask = h.transitions;
       }
