@@ -79,7 +79,7 @@ test('a tool returns 3 MB and the model sends 3 MB back → both stored in blobs
     'workspace.write:1:completed',
     'callModel:1:completed',
   ]);
-  expect(localActivities(child)).toEqual(['embody', 'verify', 'finishSubtask']);
+  expect(localActivities(child)).toEqual(['embody', 'mediateToolCall', 'verify', 'finishSubtask']); // the 3 MB write's arguments are blob references: mediated in an activity
   const { rows: calls } = await stack.pool.query(`SELECT tool, status, detail, attempts FROM tool_calls WHERE task_id = 'huge' ORDER BY created_at`);
   expect(calls.map((c) => [c.tool, c.status, c.attempts])).toEqual([
     ['workspace.read', 'ok', 1],
